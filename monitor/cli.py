@@ -1,0 +1,147 @@
+"""Command line: `mailmon run | check | validate`.
+
+Exit codes: 0 fine; 2 configuration error (every command), or CRITICAL for `check`; 3 UNKNOWN for
+`check` (nothing to check, or the monitor itself failed), as Nagios plugins use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from monitor import __version__
+from monitor import config as config_module
+from monitor.config import Config, ConfigError
+from monitor.logs import setup_logging
+from monitor.result import Result
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_CRITICAL = 2
+EXIT_CONFIG = 2
+EXIT_UNKNOWN = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailmon", description="Synthetic SMTP/IMAP/POP3 monitor.")
+    parser.add_argument("--version", action="version", version=f"mailmon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, metavar="FILE", help="configuration file (YAML)")
+        p.add_argument("--log.level", dest="log_level", default="info",
+                       choices=["debug", "info", "warning", "error"], help="log level (default info)")
+        p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+                       help="log line format on stderr (default logfmt)")
+
+    run = sub.add_parser("run", help="probe on a schedule and serve /metrics")
+    common(run)
+    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, overrides `listen` in the config")
+
+    check = sub.add_parser("check", help="run every check once and report (Nagios exit codes)")
+    common(check)
+    check.add_argument("--target", metavar="NAME", help="only this target")
+    check.add_argument("--check", metavar="NAME", choices=config_module.CHECK_NAMES, help="only this check")
+    check.add_argument("--json", action="store_true", help="one JSON object per result per line")
+
+    validate = sub.add_parser("validate", help="check the configuration file and exit")
+    common(validate)
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        print(f"mailmon: configuration is not valid ({len(exc.problems)} problem"
+              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if args.command == "validate":
+        checks = sum(len(t.checks) for t in config.targets)
+        print(f"{args.config}: OK ({len(config.targets)} targets, {checks} checks, vantage {config.vantage})")
+        return EXIT_OK
+    if args.command == "run":
+        if args.listen is not None:
+            try:
+                config_module.parse_listen(args.listen)
+            except ValueError as exc:
+                print(f"mailmon: --listen: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+        return asyncio.run(_run(config, args.listen, args.config))
+    return asyncio.run(_check(config, args.target, args.check, args.json))
+
+
+async def _run(config: Config, listen: str | None, path: str) -> int:
+    from monitor.app import App
+
+    app = App(config, listen=listen, config_path=path)
+    try:
+        await app.start()
+    except OSError as exc:
+        print(f"mailmon: cannot listen on {listen or config.listen}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload()))
+    await stopping.wait()
+    await app.stop()
+    return EXIT_OK
+
+
+async def _check(config: Config, only_target: str | None, only_check: str | None, as_json: bool) -> int:
+    from monitor.runner import Runner
+
+    targets = [t for t in config.targets if only_target is None or t.name == only_target]
+    jobs = [(t, c) for t in targets for c in t.checks if only_check is None or c.name == only_check]
+    if not jobs:
+        print(f"UNKNOWN - no check matches (target {only_target or 'any'}, check {only_check or 'any'})")
+        return EXIT_UNKNOWN
+    runner = Runner(config.vantage)
+    semaphore = asyncio.Semaphore(config.concurrency)
+
+    async def one(target: config_module.Target, check: config_module.CheckSettings) -> Result:
+        async with semaphore:
+            return await runner.run(target, check)
+
+    results = await asyncio.gather(*(one(t, c) for t, c in jobs))
+    if as_json:
+        for result in results:
+            print(json.dumps(result.as_json()))
+    else:
+        _print_table(results)
+    failed = [r for r in results if not r.ok]
+    if any(r.reason == "internal" for r in failed):
+        return EXIT_UNKNOWN
+    return EXIT_CRITICAL if failed else EXIT_OK
+
+
+def _print_table(results: list[Result]) -> None:
+    failed = [r for r in results if not r.ok]
+    state = "CRITICAL" if failed else "OK"
+    summary = ", ".join(f"{r.target}/{r.check} {r.stage}/{r.reason}" for r in failed) or f"{len(results)} checks passed"
+    print(f"MAILMON {state} - {summary}")
+    rows = [("TARGET", "CHECK", "RESULT", "SECONDS", "SLOWEST STEP", "DETAIL")]
+    for r in results:
+        slowest = max(r.phases.items(), key=lambda item: item[1]) if r.phases else ("-", 0.0)
+        rows.append((r.target, r.check, "ok" if r.ok else f"{r.stage}/{r.reason}", f"{r.duration_seconds:.3f}",
+                     f"{slowest[0]} {slowest[1]:.3f}", (r.smtp_reply or "") if r.ok else r.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5][:120])

@@ -1,0 +1,454 @@
+"""Typed, immutable configuration, loaded from YAML with every problem reported at once (file, line, what).
+
+The loader walks PyYAML's node tree rather than plain dicts so that each error can name the line it
+comes from, duplicate keys are caught (plain `yaml.safe_load` silently keeps the last one), and unknown
+keys are errors rather than silently ignored typos.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from monitor.durations import format_duration, parse_duration
+from monitor.errors import MailmonError
+
+__all__ = [
+    "CHECK_NAMES",
+    "DEFAULT_LISTEN",
+    "Auth",
+    "CheckSettings",
+    "Config",
+    "ConfigError",
+    "Secret",
+    "Target",
+    "TlsSettings",
+    "load",
+    "parse_listen",
+]
+
+CHECK_NAMES = ("smtp", "imap", "pop3")
+TLS_MODES = ("starttls", "implicit", "none")
+DEFAULT_LISTEN = "127.0.0.1:9917"
+DEFAULT_INTERVAL = 60.0
+DEFAULT_TIMEOUT = 15.0
+DEFAULT_CONCURRENCY = 64
+# The well-known port per (protocol, TLS mode) when a check leaves `port` out.
+DEFAULT_PORTS = {
+    ("smtp", "starttls"): 587, ("smtp", "implicit"): 465, ("smtp", "none"): 25,
+    ("imap", "starttls"): 143, ("imap", "implicit"): 993, ("imap", "none"): 143,
+    ("pop3", "starttls"): 110, ("pop3", "implicit"): 995, ("pop3", "none"): 110,
+}
+DEFAULT_TLS_MODE = {"smtp": "starttls", "imap": "implicit", "pop3": "implicit"}
+# Label values end up in PromQL selectors and URLs: keep them to a safe alphabet.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+T = TypeVar("T")
+
+
+class ConfigError(MailmonError):
+    """The configuration is unusable; `problems` holds one plain sentence per bad entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A password that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How to verify the server: a CA bundle (None = system store) and the expected certificate name."""
+
+    ca_file: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Auth:
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """One protocol check of one target."""
+
+    name: str
+    port: int
+    tls_mode: str
+    interval: float
+    timeout: float
+    use_auth: bool = True
+    helo_name: str | None = None
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = ()
+    mailbox: str = "INBOX"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    tls: TlsSettings
+    auth: Auth | None
+    checks: tuple[CheckSettings, ...]
+
+    @property
+    def server_name(self) -> str:
+        """The name the server certificate must carry."""
+        return self.tls.server_name or self.host
+
+
+@dataclass(frozen=True)
+class Config:
+    vantage: str
+    listen: str
+    interval: float
+    timeout: float
+    concurrency: int
+    targets: tuple[Target, ...]
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def target(self, name: str) -> Target | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` → (host, port); ValueError with a plain sentence otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9917 or [::1]:9917)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+class _Reader:
+    """Walks YAML nodes, converting values and collecting every problem with its line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, node: yaml.Node | None, path: str, message: str) -> None:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        where = f" {path}:" if path else ""
+        self.problems.append(f"{self.source}{line}:{where} {message}")
+
+    def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The mapping's entries by key; unknown and duplicate keys are reported."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, path, f"must be a mapping with keys {', '.join(allowed)}")
+            return {}
+        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            sub = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                self.problem(key_node, path, "keys must be plain strings")
+            elif key in entries:
+                self.problem(key_node, sub, "duplicate key")
+            elif key not in allowed:
+                self.problem(key_node, sub, f"unknown key (allowed here: {', '.join(allowed)})")
+            else:
+                entries[key] = (key_node, value_node)
+        return entries
+
+    def scalar(self, node: yaml.Node, path: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
+            self.problem(node, path, "must be a single value, not a list, mapping or empty")
+            return None
+        return str(node.value)
+
+    def string(self, node: yaml.Node, path: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
+        value = self.scalar(node, path)
+        if value is None:
+            return None
+        if value == "":
+            self.problem(node, path, "must not be empty")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.problem(node, path, f"{value!r} is not {what}")
+            return None
+        return value
+
+    def integer(self, node: yaml.Node, path: str, low: int, high: int) -> int | None:
+        value = self.scalar(node, path)
+        if value is None:
+            return None
+        if node.tag != "tag:yaml.org,2002:int" or not re.fullmatch(r"[0-9]+", value) or not low <= int(value) <= high:
+            self.problem(node, path, f"must be an integer between {low} and {high}, got {value!r}")
+            return None
+        return int(value)
+
+    def boolean(self, node: yaml.Node, path: str) -> bool | None:
+        value = self.scalar(node, path)
+        if value is None:
+            return None
+        if node.tag != "tag:yaml.org,2002:bool":
+            self.problem(node, path, f"must be true or false, got {value!r}")
+            return None
+        return value.lower() in ("true", "yes", "on")
+
+    def duration(self, node: yaml.Node, path: str) -> float | None:
+        value = self.scalar(node, path)
+        if value is None:
+            return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.problem(node, path, str(exc))
+            return None
+        if seconds <= 0:
+            self.problem(node, path, "must be longer than zero")
+            return None
+        return seconds
+
+    def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str | None:
+        value = self.scalar(node, path)
+        if value is None:
+            return None
+        if value not in choices:
+            self.problem(node, path, f"must be one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value
+
+    def string_list(self, node: yaml.Node, path: str) -> tuple[str, ...] | None:
+        if isinstance(node, yaml.ScalarNode):
+            single = self.string(node, path)
+            return (single,) if single is not None else None
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.problem(node, path, "must be an address or a non-empty list of addresses")
+            return None
+        items = [self.string(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if any(item is None for item in items):
+            return None
+        return tuple(item for item in items if item is not None)
+
+
+def _get(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], key: str, path: str,
+         convert: Callable[[yaml.Node, str], T | None], default: T) -> T:
+    """The converted value of `key`, or `default` when absent or invalid (the problem is already recorded)."""
+    if key not in entries:
+        return default
+    value = convert(entries[key][1], f"{path}.{key}" if path else key)
+    return default if value is None else value
+
+
+def _load_tls(reader: _Reader, node: yaml.Node, path: str) -> TlsSettings:
+    entries = reader.mapping(node, path, ("ca_file", "server_name"))
+    ca_file = _get(reader, entries, "ca_file", path, reader.string, None)
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        reader.problem(entries["ca_file"][1], f"{path}.ca_file", f"cannot read CA file {ca_file!r}")
+    return TlsSettings(ca_file=ca_file, server_name=_get(reader, entries, "server_name", path, reader.string, None))
+
+
+def _load_auth(reader: _Reader, node: yaml.Node, path: str, environ: dict[str, str]) -> Auth | None:
+    entries = reader.mapping(node, path, ("username", "password_env", "password_file"))
+    username = _get(reader, entries, "username", path, reader.string, None)
+    if username is None and "username" not in entries:
+        reader.problem(node, path, "username is required")
+    sources = [key for key in ("password_env", "password_file") if key in entries]
+    if len(sources) != 1:
+        reader.problem(node, path, "give exactly one of password_env or password_file")
+        return None
+    key = sources[0]
+    value_node = entries[key][1]
+    password: str | None = None
+    if key == "password_env":
+        name = reader.string(value_node, f"{path}.{key}", _ENV_NAME, "an environment variable name")
+        if name is not None:
+            password = environ.get(name)
+            if password is None:
+                reader.problem(value_node, f"{path}.{key}", f"environment variable {name} is not set")
+    else:
+        file_name = reader.string(value_node, f"{path}.{key}")
+        if file_name is not None:
+            try:
+                with open(file_name, encoding="utf-8") as handle:
+                    # One trailing newline is an editor's, not the password's.
+                    password = handle.read().removesuffix("\n").removesuffix("\r")
+            except OSError as exc:
+                reader.problem(value_node, f"{path}.{key}", f"cannot read password file {file_name!r}: {exc.strerror}")
+    if password == "":
+        reader.problem(value_node, f"{path}.{key}", "the password is empty")
+        return None
+    if username is None or password is None:
+        return None
+    return Auth(username=username, password=Secret(password))
+
+
+_CHECK_KEYS = {
+    "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to"),
+    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox"),
+    "pop3": ("port", "tls", "interval", "timeout", "auth"),
+}
+
+
+def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
+                has_auth: bool) -> CheckSettings | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `smtp:` alone turns the check on with defaults
+    else:
+        entries = reader.mapping(node, path, _CHECK_KEYS[name])
+    tls_mode = _get(reader, entries, "tls", path, lambda n, p: reader.choice(n, p, TLS_MODES), DEFAULT_TLS_MODE[name])
+    port = _get(reader, entries, "port", path, lambda n, p: reader.integer(n, p, 1, 65535),
+                DEFAULT_PORTS[(name, tls_mode)])
+    check_interval = _get(reader, entries, "interval", path, reader.duration, interval)
+    check_timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
+    if check_timeout > check_interval:
+        reader.problem(node, path, f"timeout ({format_duration(check_timeout)}) must not be longer than "
+                                   f"interval ({format_duration(check_interval)})")
+    use_auth = _get(reader, entries, "auth", path, reader.boolean, has_auth)
+    if use_auth and not has_auth:
+        reader.problem(entries["auth"][1], f"{path}.auth", "auth is on but the target has no auth block")
+    if name in ("imap", "pop3") and not has_auth:
+        reader.problem(node, path, f"{name} needs credentials: add an auth block to the target")
+    mail_from = _get(reader, entries, "mail_from", path, reader.string, None)
+    no_recipients: tuple[str, ...] = ()
+    rcpt_to = _get(reader, entries, "rcpt_to", path, reader.string_list, no_recipients)
+    if (mail_from is None) != (not rcpt_to):
+        reader.problem(node, path, "mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)")
+    return CheckSettings(
+        name=name, port=port, tls_mode=tls_mode, interval=check_interval, timeout=check_timeout,
+        use_auth=use_auth and has_auth,
+        helo_name=_get(reader, entries, "helo_name", path, reader.string, None),
+        mail_from=mail_from, rcpt_to=rcpt_to,
+        mailbox=_get(reader, entries, "mailbox", path, reader.string, "INBOX"),
+    )
+
+
+def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
+                 environ: dict[str, str]) -> Target | None:
+    entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES))
+    if not entries:
+        return None
+    for required in ("name", "host"):
+        if required not in entries:
+            reader.problem(node, path, f"{required} is required")
+    name = _get(reader, entries, "name", path,
+                lambda n, p: reader.string(n, p, _NAME, "a valid target name (letters, digits, _ . : @ -)"), None)
+    host = _get(reader, entries, "host", path, reader.string, None)
+    tls = _load_tls(reader, entries["tls"][1], f"{path}.tls") if "tls" in entries else TlsSettings()
+    auth = _load_auth(reader, entries["auth"][1], f"{path}.auth", environ) if "auth" in entries else None
+    interval = _get(reader, entries, "interval", path, reader.duration, interval)
+    timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
+    checks = []
+    for check_name in CHECK_NAMES:
+        if check_name in entries:
+            check = _load_check(reader, check_name, entries[check_name][1], f"{path}.{check_name}",
+                                interval, timeout, "auth" in entries)
+            if check is not None:
+                checks.append(check)
+    if not any(c in entries for c in CHECK_NAMES):
+        reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
+    if name is None or host is None:
+        return None
+    return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks))
+
+
+def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> Config:
+    """Build a Config from YAML text; raises ConfigError listing every problem."""
+    environ = dict(os.environ) if environ is None else environ
+    reader = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{source}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    if root is None:
+        raise ConfigError([f"{source}: the file is empty"])
+    entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "targets"))
+    if not entries and reader.problems:
+        raise ConfigError(reader.problems)
+
+    vantage = _get(reader, entries, "vantage", "",
+                   lambda n, p: reader.string(n, p, _NAME, "a valid vantage name (letters, digits, _ . : @ -)"), "")
+    if "vantage" not in entries:
+        reader.problem(root, "vantage", "is required (it labels every series of this monitor)")
+    listen = _get(reader, entries, "listen", "", reader.string, DEFAULT_LISTEN)
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        reader.problem(entries["listen"][1], "listen", str(exc))
+    interval, timeout = DEFAULT_INTERVAL, DEFAULT_TIMEOUT
+    if "defaults" in entries:
+        defaults = reader.mapping(entries["defaults"][1], "defaults", ("interval", "timeout"))
+        interval = _get(reader, defaults, "interval", "defaults", reader.duration, interval)
+        timeout = _get(reader, defaults, "timeout", "defaults", reader.duration, timeout)
+    concurrency = _get(reader, entries, "concurrency", "", lambda n, p: reader.integer(n, p, 1, 100000),
+                       DEFAULT_CONCURRENCY)
+
+    targets: list[Target] = []
+    if "targets" not in entries:
+        reader.problem(root, "targets", "is required: list at least one target")
+    else:
+        node = entries["targets"][1]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            reader.problem(node, "targets", "must be a non-empty list of targets")
+        else:
+            seen: dict[str, int] = {}
+            for index, target_node in enumerate(node.value):
+                target = _load_target(reader, target_node, f"targets[{index}]", interval, timeout, environ)
+                if target is None:
+                    continue
+                if target.name in seen:
+                    reader.problem(target_node, f"targets[{index}].name",
+                                   f"duplicate target name {target.name!r} (first at targets[{seen[target.name]}])")
+                    continue
+                seen[target.name] = index
+                targets.append(target)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
+                  targets=tuple(targets), source=source)
+
+
+def load(path: str, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError (also for an unreadable file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    return load_text(text, path, environ)
+
+
+def default_helo_name() -> str:
+    """The name we announce in EHLO when the config names none."""
+    return socket.getfqdn() or "mailmon.localdomain"

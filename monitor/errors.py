@@ -1,0 +1,126 @@
+"""The failure taxonomy: bounded stage and reason sets, the probe error, and exception classification."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+
+__all__ = [
+    "REASONS",
+    "STAGES",
+    "MailmonError",
+    "ProbeError",
+    "classify",
+]
+
+# These become Prometheus label values: the sets are closed on purpose. Free text (server replies,
+# exception messages) goes to `detail`, logs and history, never into labels.
+STAGES: tuple[str, ...] = (
+    "dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt", "data",
+    "login", "select", "fetch", "delivery", "cleanup", "quit",
+)
+REASONS: tuple[str, ...] = (
+    "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
+    "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "internal",
+)
+
+# OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
+_X509_CERT_HAS_EXPIRED = 10
+_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
+
+
+class MailmonError(Exception):
+    """Root of every error mailmon raises on purpose."""
+
+
+class ProbeError(MailmonError):
+    """A probe step failed in a known way: where (`stage`), why (`reason`), and the server's words."""
+
+    def __init__(self, stage: str, reason: str, detail: str = "", *, smtp_code: int | None = None) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        super().__init__(f"{stage}/{reason}: {detail}" if detail else f"{stage}/{reason}")
+        self.stage = stage
+        self.reason = reason
+        self.detail = detail
+        self.smtp_code = smtp_code
+
+
+def reply_reason(code: int) -> str:
+    """The reason for an unexpected numeric reply: 4xx is temporary, 5xx permanent, anything else a protocol error."""
+    if 400 <= code < 500:
+        return "reply_4xx"
+    if 500 <= code < 600:
+        return "reply_5xx"
+    return "protocol"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and the errors it was raised from, outermost first: libraries wrap the OS error we want."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
+def _reason_of(exc: BaseException) -> str | None:
+    """The reason for one exception in the chain, or None when it says nothing specific."""
+    if isinstance(exc, ProbeError):
+        return exc.reason
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "cert_expired" if exc.verify_code == _X509_CERT_HAS_EXPIRED else "cert_invalid"
+    if isinstance(exc, ssl.CertificateError):
+        return "cert_invalid"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_handshake"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
+        return "reset"  # after refused: a peer that went away, however the library words it
+    if isinstance(exc, socket.gaierror):
+        return "unreachable"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno in _UNREACHABLE_ERRNOS:
+            return "unreachable"
+        if exc.errno in _RESET_ERRNOS:
+            return "reset"
+        if exc.errno == errno.ECONNREFUSED:
+            return "refused"
+        if exc.errno == errno.ETIMEDOUT:
+            return "timeout"
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and 400 <= code < 600:
+        return reply_reason(code)  # a library's "unexpected reply" error (aiosmtplib's carry `code`)
+    return None
+
+
+def classify(exc: BaseException, stage: str) -> tuple[str, str]:
+    """Map an exception raised during `stage` to (stage, reason).
+
+    A ProbeError anywhere in the chain says it all. Otherwise the innermost error that names a reason
+    wins, so a library error wrapping `ConnectionRefusedError` still reads as `refused`. TLS problems
+    always belong to the `tls` stage and name resolution to `dns`, whatever step raised them.
+    """
+    chain = _chain(exc)
+    for link in chain:
+        if isinstance(link, ProbeError):
+            return link.stage, link.reason
+    for link in reversed(chain):
+        reason = _reason_of(link)
+        if reason is None:
+            continue
+        if reason in ("cert_expired", "cert_invalid", "tls_handshake"):
+            return "tls", reason
+        if isinstance(link, socket.gaierror):
+            return "dns", reason
+        return stage, reason
+    return stage, "internal"

@@ -1,0 +1,39 @@
+"""Name resolution and TCP connect as two timed probe steps, giving probes a connected socket.
+
+Every protocol library gets a socket we connected ourselves. That makes `dns` and `connect` separate,
+timed steps, and a refused port fails at once with `ConnectionRefusedError` instead of hiding inside a
+library's connect task until the deadline (aioimaplib does exactly that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from monitor.result import ProbeContext
+
+__all__ = ["open_socket"]
+
+
+async def open_socket(ctx: ProbeContext, host: str, port: int) -> socket.socket:
+    """Resolve `host` and connect to the first address that accepts; raise the last error otherwise."""
+    loop = asyncio.get_running_loop()
+    ctx.step("dns")
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    ctx.step("connect")
+    last_error: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise  # cancellation or the deadline: the socket is closed, let it travel
+            last_error = exc
+            continue
+        ctx.note(f"connected to {address[0]!s} port {address[1]!s}")
+        return sock
+    assert last_error is not None  # getaddrinfo never returns an empty list without raising
+    raise last_error

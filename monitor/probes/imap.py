@@ -1,0 +1,190 @@
+"""The `imap` check: connect, greeting, STARTTLS or implicit TLS, LOGIN, SELECT, LOGOUT.
+
+Built on aioimaplib's protocol class, driven over a socket we connected ourselves (see `monitor.net`):
+aioimaplib's own client hides a refused connection until its timeout and has no STARTTLS, so we do
+both here. aioimaplib reports a failed command as a `NO`/`BAD` result, not an exception: every result is
+checked. A connection the server drops is noticed at once rather than at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aioimaplib import aioimaplib
+
+from monitor.config import CheckSettings, Target
+from monitor.errors import ProbeError
+from monitor.net import open_socket
+from monitor.result import ProbeContext
+from monitor.tls import client_context
+
+__all__ = ["ImapSession", "probe"]
+
+T = TypeVar("T")
+# RFC 5530 response codes that make a NO temporary rather than a verdict on the credentials.
+_TEMPORARY = re.compile(rb"\[(UNAVAILABLE|SERVERBUG|INUSE|LIMIT)\]", re.IGNORECASE)
+
+
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol, plus futures for the greeting and for the connection going away."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, None)
+        self.greeting: asyncio.Future[bytes] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    async def welcome(self, command: bytes) -> None:
+        if not self.greeting.done():
+            self.greeting.set_result(command)
+        # Only a positive greeting goes on to the library's handling (which asks for CAPABILITY);
+        # a BYE is ours to report, not an exception lost in a background task.
+        if command.startswith((b"* OK", b"* PREAUTH")):
+            await super().welcome(command)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        super().connection_lost(exc)
+
+
+class ImapSession:
+    """One IMAP connection of a probe; also used by the round trip to read mail back."""
+
+    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.check = check
+        self.protocol: _Protocol | None = None
+
+    async def _watch(self, awaitable: Awaitable[T]) -> T:
+        """Await a library call, but fail as `reset` as soon as the server closes the connection."""
+        assert self.protocol is not None
+        task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+        lost: asyncio.Future[None] = self.protocol.lost
+        try:
+            done, _ = await asyncio.wait([task, lost], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        except BaseException:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ConnectionResetError("the server closed the connection")
+
+    async def open(self) -> None:
+        """Connect, read the greeting, secure the connection and log in."""
+        ctx, target, check = self.ctx, self.target, self.check
+        loop = asyncio.get_running_loop()
+        sock = await open_socket(ctx, target.host, check.port)
+        self.protocol = protocol = _Protocol(loop)
+        tls_context = client_context(target.tls.ca_file)
+        try:
+            if check.tls_mode == "implicit":
+                ctx.step("tls")
+                ctx.step_after_handshake = "greeting"
+                await loop.create_connection(lambda: protocol, sock=sock, ssl=tls_context,
+                                             server_hostname=target.server_name)
+            else:
+                await loop.create_connection(lambda: protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        if ctx.current_step != "greeting":
+            ctx.step("greeting")
+        greeting = await self._watch(protocol.greeting)
+        ctx.heard(greeting.decode(errors="replace"))
+        if not greeting.startswith((b"* OK", b"* PREAUTH")):
+            raise ProbeError("greeting", "protocol", f"not an IMAP greeting: {greeting[:200]!r}")
+        ctx.step("capability")
+        await self._watch(protocol.wait("AUTH|NONAUTH"))
+        if check.tls_mode == "starttls":
+            await self._starttls(tls_context)
+        ctx.step("login")
+        await self._login()
+
+    async def _starttls(self, tls_context: object) -> None:
+        ctx, protocol = self.ctx, self.protocol
+        assert protocol is not None
+        ctx.step("starttls")
+        if "STARTTLS" not in protocol.capabilities:
+            raise ProbeError("tls", "protocol", "the server does not offer STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        ctx.say(f"{command.tag} STARTTLS")
+        response = await self._watch(protocol.execute(command))
+        self._heard(response)
+        if response.result != "OK":
+            raise ProbeError("tls", "protocol", f"STARTTLS refused: {response.result} {_text(response)}")
+        loop = asyncio.get_running_loop()
+        assert protocol.transport is not None
+        protocol.transport = await loop.start_tls(protocol.transport, protocol, tls_context,  # type: ignore[arg-type]
+                                                  server_hostname=self.target.server_name)
+        # RFC 3501 6.2.1: capabilities learnt before TLS must be discarded.
+        await self._watch(protocol.capability())
+
+    async def _login(self) -> None:
+        protocol, auth = self.protocol, self.target.auth
+        assert protocol is not None and auth is not None
+        if "LOGINDISABLED" in protocol.capabilities:
+            # RFC 3501: the server refuses LOGIN on this connection; sending it would expose the password.
+            raise ProbeError("auth", "protocol", "the server disables LOGIN on this connection (LOGINDISABLED): "
+                                                 "use tls: starttls or implicit")
+        self.ctx.say(f"LOGIN {auth.username} ********")
+        response = await self._watch(protocol.login(auth.username, auth.password.reveal()))
+        self._heard(response)
+        if response.result != "OK":
+            temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
+            raise ProbeError("auth", "reply_4xx" if temporary else "auth_rejected",
+                             f"LOGIN {response.result}: {_text(response)}")
+
+    async def select(self, mailbox: str) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        self.ctx.say(f"SELECT {mailbox}")
+        response = await self._watch(protocol.select(mailbox))
+        self._heard(response)
+        if response.result != "OK":
+            raise ProbeError("select", "protocol", f"SELECT {mailbox} {response.result}: {_text(response)}")
+
+    async def logout(self) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        self.ctx.say("LOGOUT")
+        response = await self._watch(protocol.logout())
+        self._heard(response)
+
+    def close(self) -> None:
+        """Drop the connection and any background work of the library; safe to call twice."""
+        protocol = self.protocol
+        if protocol is None:
+            return
+        for task in list(protocol.tasks):
+            task.cancel()
+        if protocol.transport is not None:
+            protocol.transport.abort()
+
+    def _heard(self, response: aioimaplib.Response) -> None:
+        for line in response.lines[-3:]:
+            if isinstance(line, bytes):
+                self.ctx.heard(line.decode(errors="replace"))
+        self.ctx.heard(f"{response.result}")
+
+
+def _text(response: aioimaplib.Response) -> str:
+    lines = [line.decode(errors="replace") for line in response.lines if isinstance(line, bytes)]
+    return " ".join(lines)[-300:]
+
+
+async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    """Run the `imap` check once; raises on failure, returns on success."""
+    session = ImapSession(ctx, target, check)
+    try:
+        await session.open()
+        ctx.step("select")
+        await session.select(check.mailbox)
+        ctx.step("logout")
+        await session.logout()
+    finally:
+        session.close()

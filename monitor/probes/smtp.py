@@ -1,0 +1,149 @@
+"""The `smtp` check: connect, banner, EHLO, TLS, EHLO again, AUTH, an optional MAIL/RCPT dry run, QUIT.
+
+Built on aiosmtplib, driven step by step (not `send_message`) so each step is timed and a failure names
+the step. AUTH is attempted exactly once with one mechanism: aiosmtplib's `login()` retries every
+advertised mechanism after a rejection, and each retry deepens the server's auth penalty for our IP.
+"""
+
+from __future__ import annotations
+
+import aiosmtplib
+
+from monitor.config import CheckSettings, Target, default_helo_name
+from monitor.errors import ProbeError, reply_reason
+from monitor.net import open_socket
+from monitor.result import ProbeContext
+from monitor.tls import client_context
+
+__all__ = ["probe", "smtp_session"]
+
+# Preference order among the mechanisms a server advertises; PLAIN needs one round trip.
+_MECHANISMS = ("plain", "login")
+# RFC 4954: 535 is "authentication credentials invalid"; 534/538 are policy rejections of the attempt.
+_AUTH_REJECTED = frozenset({535, 534, 538})
+
+
+def _record(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
+    ctx.smtp_code = response.code
+    ctx.smtp_reply = f"{response.code} {response.message}"
+    for line in response.message.splitlines() or [""]:
+        ctx.heard(f"{response.code} {line}")
+
+
+def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *codes: int) -> None:
+    _record(ctx, response)
+    if response.code not in codes:
+        raise ProbeError(stage, reply_reason(response.code), f"{response.code} {response.message}",
+                         smtp_code=response.code)
+
+
+async def _command(ctx: ProbeContext, client: aiosmtplib.SMTP, stage: str, line: str, *codes: int,
+                   shown: str | None = None) -> aiosmtplib.SMTPResponse:
+    """Send one command line (transcript shows `shown` instead where the line carries a secret)."""
+    ctx.say(shown or line)
+    try:
+        response = await client.execute_command(*line.encode().split(b" "))
+    except aiosmtplib.SMTPResponseException as exc:  # aiosmtplib raises on 421 itself
+        raise ProbeError(stage, reply_reason(exc.code), f"{exc.code} {exc.message}", smtp_code=exc.code) from exc
+    _expect(ctx, response, stage, *codes)
+    return response
+
+
+async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) -> aiosmtplib.SMTP:
+    """Open an SMTP session up to and including AUTH; the caller continues the dialogue and quits.
+
+    Shared by the `smtp` check and the round trip's submission, so both speak exactly the same way.
+    """
+    sock = await open_socket(ctx, target.host, check.port)
+    implicit = check.tls_mode == "implicit"
+    tls_context = client_context(target.tls.ca_file)
+    client = aiosmtplib.SMTP(
+        hostname=target.server_name, sock=sock, use_tls=implicit, start_tls=False,
+        tls_context=tls_context if implicit else None,
+        local_hostname=check.helo_name or default_helo_name(),
+        timeout=None,  # the runner owns the deadline; a library timeout would only race with it
+    )
+    try:
+        if implicit:
+            ctx.step("tls")
+            ctx.step_after_handshake = "banner"
+        else:
+            ctx.step("banner")
+        try:
+            banner = await client.connect()
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            ctx.heard(f"{exc.code} {exc.message}")
+            ctx.smtp_code, ctx.smtp_reply = exc.code, f"{exc.code} {exc.message}"
+            raise ProbeError("greeting", reply_reason(exc.code), f"{exc.code} {exc.message}",
+                             smtp_code=exc.code) from exc
+        _expect(ctx, banner, "greeting", 220)
+        helo = client.local_hostname or "localhost"
+        ctx.step("ehlo")
+        ctx.say(f"EHLO {helo}")
+        _expect(ctx, await client.ehlo(), "ehlo", 250)
+        if check.tls_mode == "starttls":
+            ctx.step("starttls")
+            if not client.supports_extension("starttls"):
+                raise ProbeError("tls", "protocol", "the server does not offer STARTTLS")
+            ctx.say("STARTTLS")
+            try:
+                response = await client.starttls(server_hostname=target.server_name, tls_context=tls_context)
+            except aiosmtplib.SMTPResponseException as exc:
+                raise ProbeError("tls", reply_reason(exc.code), f"STARTTLS refused: {exc.code} {exc.message}",
+                                 smtp_code=exc.code) from exc
+            _record(ctx, response)
+            ctx.step("ehlo_tls")
+            ctx.say(f"EHLO {helo}")
+            _expect(ctx, await client.ehlo(), "ehlo", 250)
+        if check.use_auth and target.auth is not None:
+            ctx.step("auth")
+            await _authenticate(ctx, client, target)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Target) -> None:
+    assert target.auth is not None
+    offered = [m for m in _MECHANISMS if m in client.server_auth_methods]
+    if not offered:
+        raise ProbeError("auth", "protocol",
+                         f"no usable AUTH mechanism offered (server offers: {client.server_auth_methods or 'none'})")
+    mechanism = offered[0]
+    ctx.say(f"AUTH {mechanism.upper()} ********")
+    method = client.auth_plain if mechanism == "plain" else client.auth_login
+    try:
+        response = await method(target.auth.username, target.auth.password.reveal())
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        ctx.heard(f"{exc.code} {exc.message}")
+        ctx.smtp_code, ctx.smtp_reply = exc.code, f"{exc.code} {exc.message}"
+        reason = "auth_rejected" if exc.code in _AUTH_REJECTED else reply_reason(exc.code)
+        raise ProbeError("auth", reason, f"{exc.code} {exc.message}", smtp_code=exc.code) from exc
+    _record(ctx, response)
+
+
+async def quit_session(ctx: ProbeContext, client: aiosmtplib.SMTP) -> None:
+    ctx.step("quit")
+    ctx.say("QUIT")
+    try:
+        _record(ctx, await client.quit())
+    finally:
+        client.close()
+
+
+async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    """Run the `smtp` check once; raises on failure, returns on success."""
+    client = await smtp_session(ctx, target, check)
+    try:
+        if check.mail_from is not None:
+            ctx.step("mail_from")
+            await _command(ctx, client, "mail_from", f"MAIL FROM:<{check.mail_from}>", 250)
+            ctx.step("rcpt")
+            for recipient in check.rcpt_to:
+                await _command(ctx, client, "rcpt", f"RCPT TO:<{recipient}>", 250, 251)
+            ctx.step("rset")
+            await _command(ctx, client, "quit", "RSET", 250)
+        await quit_session(ctx, client)
+    finally:
+        client.close()

@@ -1,0 +1,160 @@
+"""What one check run produced (`Result`), and the per-run context a probe writes into (`ProbeContext`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ProbeContext", "Result", "TlsFacts"]
+
+# A transcript is for humans reading one probe; a hostile server must not be able to grow it without bound.
+_TRANSCRIPT_MAX_LINES = 200
+_TRANSCRIPT_MAX_LINE = 300
+
+# The protocol step a probe is in decides the failure stage when the deadline or an exception hits.
+# Steps that are not stages themselves map here; every other step name is also a stage name.
+PHASE_STAGE = {
+    "banner": "greeting",
+    "starttls": "tls",
+    "stls": "tls",
+    "ehlo_tls": "ehlo",
+    "capability": "greeting",
+    "user": "auth",
+    "pass": "auth",
+    "login": "auth",
+    "stat": "select",
+    "rset": "quit",
+    "logout": "quit",
+}
+
+
+@dataclass
+class TlsFacts:
+    """What the TLS handshake showed: protocol version, cipher, and the peer certificate's expiry."""
+
+    version: str | None = None
+    cipher: str | None = None
+    cert_not_after: float | None = None
+
+
+@dataclass
+class Result:
+    """The outcome of one check against one target: the unit everything downstream consumes."""
+
+    target: str
+    check: str
+    vantage: str
+    ok: bool
+    started_at: float
+    duration_seconds: float
+    phases: dict[str, float]
+    stage: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+    tls: TlsFacts = field(default_factory=TlsFacts)
+    transcript: list[str] = field(default_factory=list)
+    via: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The public JSON shape (`mailmon check --json`); field names are an interface."""
+        return {
+            "target": self.target,
+            "check": self.check,
+            "via": self.via,
+            "vantage": self.vantage,
+            "ok": self.ok,
+            "stage": self.stage,
+            "reason": self.reason,
+            "phases": {name: round(seconds, 6) for name, seconds in self.phases.items()},
+            "duration_seconds": round(self.duration_seconds, 6),
+            "smtp_code": self.smtp_code,
+            "smtp_reply": self.smtp_reply,
+            "tls_version": self.tls.version,
+            "tls_cert_not_after": self.tls.cert_not_after,
+            "detail": self.detail,
+            "started_at": self.started_at,
+        }
+
+
+class ProbeContext:
+    """Mutable state of one probe run: the step clock, the transcript and the facts learnt on the way.
+
+    Probes call `step(name)` before each protocol step; the runner reads `current_step` to know where a
+    deadline or an exception struck. Secrets must never be passed to `say`/`heard`: callers redact first.
+    """
+
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.phases: dict[str, float] = {}
+        # Before the first step() a failure still needs a stage; nothing is timed until a step starts.
+        self.current_step: str = "connect"
+        self._timing = False
+        self._step_started = self.started
+        self.transcript: list[str] = []
+        self.tls = TlsFacts()
+        self.smtp_code: int | None = None
+        self.smtp_reply: str | None = None
+        # With implicit TLS the library reads the greeting in the same call as the handshake; when the
+        # handshake ends we switch to this step so TLS and greeting are timed apart.
+        self.step_after_handshake: str | None = None
+
+    def on_handshake(self, facts: TlsFacts) -> None:
+        """Called by the TLS layer when a handshake of this probe completes."""
+        self.tls = facts
+        self.note(f"TLS established: {facts.version} {facts.cipher}")
+        if self.step_after_handshake is not None and self.current_step == "tls":
+            self.step(self.step_after_handshake)
+        self.step_after_handshake = None
+
+    def step(self, name: str) -> None:
+        """Close the running step (recording its time) and start `name`."""
+        self._close_step()
+        self.current_step = name
+        self._step_started = self._clock()
+
+    def done(self) -> None:
+        """Close the last step; the probe succeeded."""
+        self._close_step()
+        self.current_step = "done"
+
+    def _close_step(self) -> None:
+        if not self._timing:
+            self._timing = True
+            self._step_started = self._clock()
+            return
+        if self.current_step != "done":
+            now = self._clock()
+            self.phases[self.current_step] = self.phases.get(self.current_step, 0.0) + (now - self._step_started)
+            self._step_started = now
+
+    def elapsed(self) -> float:
+        return float(self._clock() - self.started)
+
+    @property
+    def stage(self) -> str:
+        """The failure stage the current step belongs to."""
+        return PHASE_STAGE.get(self.current_step, self.current_step)
+
+    def say(self, line: str) -> None:
+        """Record what the client sent (already redacted)."""
+        self._record("C: " + line)
+
+    def heard(self, line: str) -> None:
+        """Record what the server sent."""
+        self._record("S: " + line)
+
+    def note(self, line: str) -> None:
+        """Record an event that is not protocol text (a TLS handshake, a timing)."""
+        self._record("-- " + line)
+
+    def _record(self, line: str) -> None:
+        if len(self.transcript) < _TRANSCRIPT_MAX_LINES:
+            if len(line) > _TRANSCRIPT_MAX_LINE:
+                line = line[:_TRANSCRIPT_MAX_LINE] + f"... [{len(line)} chars]"
+            self.transcript.append(line)
+        elif len(self.transcript) == _TRANSCRIPT_MAX_LINES:
+            self.transcript.append("-- transcript truncated")

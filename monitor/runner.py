@@ -1,0 +1,101 @@
+"""Runs one check with a hard deadline, turns whatever happened into a classified Result, and fans it out.
+
+The deadline is owned here, outside the protocol libraries: the probe runs as a child task, and when
+time is up the runner records where the probe was, cancels it and moves on, even if a library is slow
+to honour the cancellation (aioimaplib can hang past `wait_for` on a TLS mismatch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from monitor.config import CheckSettings, Target
+from monitor.durations import format_duration
+from monitor.errors import ProbeError, classify
+from monitor.probes import PROBES, Probe
+from monitor.result import ProbeContext, Result
+from monitor.tls import handshake_observer
+
+__all__ = ["Runner", "Sink"]
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Result], None]
+# How long a cancelled probe may take to unwind before we stop waiting for it.
+_CANCEL_GRACE = 1.0
+
+
+class Runner:
+    """Runs checks for one vantage and hands each Result to every sink (metrics, history, log ...)."""
+
+    def __init__(self, vantage: str, sinks: Iterable[Sink] = (), probes: dict[str, Probe] | None = None) -> None:
+        self.vantage = vantage
+        self.sinks = list(sinks)
+        self.probes = PROBES if probes is None else probes
+
+    async def run(self, target: Target, check: CheckSettings) -> Result:
+        result = await self.execute(target, check)
+        for sink in self.sinks:
+            try:
+                sink(result)
+            except Exception:  # one broken sink must not stop the others or the schedule
+                log.exception("a result sink failed for %s/%s", target.name, check.name)
+        return result
+
+    async def execute(self, target: Target, check: CheckSettings) -> Result:
+        """Run the check once within its timeout and classify the outcome; never raises (but cancellation)."""
+        ctx = ProbeContext()
+        started_at = time.time()
+        probe = self.probes[check.name]
+        task = asyncio.create_task(_observed(probe, ctx, target, check), name=f"probe {target.name}/{check.name}")
+        try:
+            done, _ = await asyncio.wait({task}, timeout=check.timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        stage: str | None = None
+        reason: str | None = None
+        detail = ""
+        if not done:
+            stage, reason = ctx.stage, "timeout"
+            detail = f"no progress within {format_duration(check.timeout)} (during {ctx.current_step})"
+            ctx.done()
+            task.cancel()
+            finished, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
+            if not finished:
+                log.warning("probe %s/%s did not stop within %ss of cancellation",
+                            target.name, check.name, _CANCEL_GRACE)
+        else:
+            exc = task.exception()
+            failed_at = ctx.stage
+            ctx.done()
+            if exc is not None:
+                stage, reason = classify(exc, failed_at)
+                detail = exc.detail if isinstance(exc, ProbeError) else _describe(exc)
+                if isinstance(exc, ProbeError) and exc.smtp_code is not None:
+                    ctx.smtp_code = exc.smtp_code
+                if reason == "internal":
+                    log.error("probe %s/%s raised an unexpected error", target.name, check.name, exc_info=exc)
+        if stage is not None:
+            ctx.note(f"failed at {stage}: {reason}: {detail}")
+        return Result(
+            target=target.name, check=check.name, vantage=self.vantage, ok=stage is None,
+            started_at=started_at, duration_seconds=ctx.elapsed(), phases=dict(ctx.phases),
+            stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
+            tls=ctx.tls, transcript=ctx.transcript,
+        )
+
+
+async def _observed(probe: Probe, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    """Run the probe with this task's TLS handshakes reported to its context."""
+    handshake_observer.set(ctx.on_handshake)  # a task has its own context: this stays with this probe
+    await probe(ctx, target, check)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

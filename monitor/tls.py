@@ -1,0 +1,55 @@
+"""TLS client contexts that report, per probe, when the handshake finished and what it negotiated.
+
+asyncio performs TLS handshakes inside the transport, so neither aiosmtplib nor aioimaplib can tell us
+when the handshake ended (implicit TLS on port 465 reads the banner in the same call). The standard
+library lets a context choose its `SSLObject` class: ours tells the probe that owns the running task,
+found through a context variable, the moment `do_handshake()` succeeds.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import ssl
+from collections.abc import Callable
+
+from monitor.result import TlsFacts
+
+__all__ = ["client_context", "facts_of", "handshake_observer"]
+
+# Set by the runner to the current probe's callback; protocol callbacks run in the context of the task
+# that created the transport, so the hook below sees the probe that is connecting.
+handshake_observer: contextvars.ContextVar[Callable[[TlsFacts], None] | None] = contextvars.ContextVar(
+    "handshake_observer", default=None)
+
+
+class _ObservedSSLObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        observer = handshake_observer.get()
+        if observer is not None:
+            observer(facts_of(self))
+
+
+def facts_of(tls: ssl.SSLObject | ssl.SSLSocket) -> TlsFacts:
+    """Version, cipher and certificate expiry of an established connection."""
+    cipher = tls.cipher()
+    cert = tls.getpeercert()  # a dict only for verified peers; we never skip verification
+    not_after = cert.get("notAfter") if cert else None
+    return TlsFacts(
+        version=tls.version(),
+        cipher=cipher[0] if cipher else None,
+        cert_not_after=float(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying client context (system store or `ca_file`), shared by every probe that uses it.
+
+    Building a context loads the CA store, which costs milliseconds: cache one per CA file rather than
+    build one per probe. Contexts are not changed after creation, so sharing is safe.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.sslobject_class = _ObservedSSLObject
+    return context

@@ -1,0 +1,133 @@
+"""A small HTTP/1.1 server on asyncio streams, enough for Prometheus scrapes, probes of health and a status page.
+
+No web framework is in our stack and the needs are modest (a handful of GET/POST routes, one request per
+connection), so this stays ours. Requests are bounded in size and time so a slow or hostile client
+cannot tie the monitor up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["Handler", "HttpServer", "Request", "Response"]
+
+log = logging.getLogger(__name__)
+
+_MAX_HEAD = 16 * 1024
+_MAX_BODY = 64 * 1024
+_READ_TIMEOUT = 10.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> Response:
+        return cls(status=status, body=text.encode("utf-8"))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HttpServer:
+    """Routes `(method, path)` to handlers; serves until `stop()`."""
+
+    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+        self.routes = routes
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls, limit=_MAX_HEAD)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                request = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
+            except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                if not isinstance(exc, asyncio.IncompleteReadError):
+                    await _write(writer, Response.text("bad request\n", 400), head_only=False)
+                return
+            response = await self._dispatch(request)
+            await _write(writer, response, head_only=request.method == "HEAD")
+        except (ConnectionError, ssl.SSLError):
+            pass  # the client went away; nothing to tell it
+        finally:
+            writer.close()
+
+    async def _dispatch(self, request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = self.routes.get((method, request.path))
+        if handler is None:
+            if any(path == request.path for _, path in self.routes):
+                allowed = sorted({m for m, path in self.routes if path == request.path})
+                return Response(405, b"method not allowed\n", headers={"Allow": ", ".join(allowed)})
+            return Response.text("not found\n", 404)
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("handler for %s %s failed", request.method, request.path)
+            return Response.text("internal error\n", 500)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise ValueError("malformed request line")
+    method, target, _version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("malformed header")
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or "0")
+    if length < 0 or length > _MAX_BODY:
+        raise ValueError("body too large")
+    body = await reader.readexactly(length) if length else b""
+    url = urlsplit(target)
+    return Request(method=method.upper(), path=url.path or "/", query=parse_qs(url.query), headers=headers, body=body)
+
+
+async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bool) -> None:
+    reason = HTTPStatus(response.status).phrase
+    headers = {
+        "Content-Type": response.content_type,
+        "Content-Length": str(len(response.body)),
+        "Connection": "close",
+        **response.headers,
+    }
+    head = f"HTTP/1.1 {response.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(head.encode("latin-1") + (b"" if head_only else response.body))
+    await writer.drain()

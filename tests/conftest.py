@@ -1,0 +1,128 @@
+"""Shared fixtures: the real Postfix + Dovecot lab (scripts/mail-lab), targets pointing at it, and local fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from monitor.config import DEFAULT_PORTS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.result import Result
+from monitor.runner import Runner
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIL_LAB = ROOT / "scripts" / "mail-lab"
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Where the running mail lab is and how to log in to it."""
+
+    env: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return self.env["LAB_HOST"]
+
+    @property
+    def ca(self) -> str:
+        return self.env["LAB_CA"]
+
+    @property
+    def server_name(self) -> str:
+        return self.env["LAB_TLS_SERVER_NAME"]
+
+    @property
+    def user(self) -> str:
+        return self.env["LAB_USER"]
+
+    @property
+    def password(self) -> str:
+        return Path(self.env["LAB_PASSWORD_FILE"]).read_text()
+
+    def control(self, *args: str) -> None:
+        """Run a mail-lab subcommand (start/stop a daemon, ...), failing the test if it fails."""
+        done = subprocess.run([str(MAIL_LAB), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"mail-lab {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+
+    def target(self, check: str, tls_mode: str, *, port: int | None = None, password: str | None = None,
+               ca: bool = True, with_auth: bool = True, timeout: float = 10.0, **extra: object) -> Target:
+        """A one-check target aimed at the lab."""
+        settings = CheckSettings(name=check, port=port or DEFAULT_PORTS[(check, tls_mode)], tls_mode=tls_mode,
+                                 interval=60.0, timeout=timeout, use_auth=with_auth)
+        settings = replace(settings, **extra)  # type: ignore[arg-type]
+        auth = Auth(self.user, Secret(self.password if password is None else password)) if with_auth else None
+        return Target(name="lab", host=self.host, tls=TlsSettings(ca_file=self.ca if ca else None,
+                                                                  server_name=self.server_name),
+                      auth=auth, checks=(settings,))
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    """The running mail lab; fails (never skips) when it is not running: CI starts it, so must you."""
+    done = subprocess.run([str(MAIL_LAB), "env"], capture_output=True, text=True, timeout=30)
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    status = subprocess.run([str(MAIL_LAB), "status"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0 or status.returncode != 0:
+        pytest.fail("the mail lab is not running: run `scripts/mail-lab install && scripts/mail-lab start`\n"
+                    + status.stdout + status.stderr)
+    return Lab(env)
+
+
+@pytest.fixture
+def postfix_stopped(lab: Lab) -> Iterator[None]:
+    """Postfix down, Dovecot up, for the length of one test."""
+    lab.control("stop", "postfix")
+    try:
+        yield
+    finally:
+        lab.control("start", "postfix")
+
+
+async def run_once(target: Target) -> Result:
+    """Run the target's only check once, as the monitor would."""
+    return await Runner("test").execute(target, target.checks[0])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_target(check: str, port: int, tls_mode: str = "none", timeout: float = 2.0) -> Target:
+    """A target aimed at a local fake on 127.0.0.1."""
+    settings = CheckSettings(name=check, port=port, tls_mode=tls_mode, interval=60.0, timeout=timeout)
+    return Target(name="fake", host="127.0.0.1", tls=TlsSettings(), auth=Auth("u@example.test", Secret("pw-fake")),
+                  checks=(settings,))
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[int]:
+    """A local port that accepts connections and then never says a word."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+def mailmon_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monitor", *args]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))

@@ -1,0 +1,140 @@
+"""The three checks against the real Postfix + Dovecot lab: every TLS mode, and the faults that matter."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Lab, free_port, local_target, run_once
+
+pytestmark = pytest.mark.lab
+
+TLS_CASES = [
+    ("smtp", "starttls", 587, True),
+    ("smtp", "implicit", 465, True),
+    ("smtp", "starttls", 25, False),
+    ("smtp", "none", 25, False),
+    ("imap", "implicit", 993, True),
+    ("imap", "starttls", 143, True),
+    ("pop3", "implicit", 995, True),
+    ("pop3", "starttls", 110, True),
+]
+
+
+@pytest.mark.parametrize(("check", "tls_mode", "port", "with_auth"), TLS_CASES)
+async def test_check_passes_on_every_tls_mode(lab: Lab, check: str, tls_mode: str, port: int, with_auth: bool) -> None:
+    """Each check succeeds against the lab on every port and TLS mode it serves."""
+    result = await run_once(lab.target(check, tls_mode, port=port, with_auth=with_auth))
+    assert result.ok, f"{result.stage}/{result.reason}: {result.detail}\n" + "\n".join(result.transcript)
+    assert result.stage is None and result.reason is None
+    assert {"dns", "connect"} <= set(result.phases)
+    if tls_mode == "none":
+        assert result.tls.version is None
+    else:
+        assert result.tls.version in ("TLSv1.2", "TLSv1.3")
+        assert result.tls.cert_not_after is not None and result.tls.cert_not_after > result.started_at
+
+
+@pytest.mark.parametrize(("check", "tls_mode"), [("smtp", "implicit"), ("imap", "implicit")])
+async def test_implicit_tls_is_timed_apart_from_the_greeting(lab: Lab, check: str, tls_mode: str) -> None:
+    """With implicit TLS the handshake and the greeting are separate phases."""
+    result = await run_once(lab.target(check, tls_mode))
+    greeting = "banner" if check == "smtp" else "greeting"
+    assert result.ok
+    assert result.phases["tls"] > 0 and greeting in result.phases
+
+
+async def test_smtp_records_the_final_reply(lab: Lab) -> None:
+    """The last SMTP reply (QUIT's 221) is kept as code and text."""
+    result = await run_once(lab.target("smtp", "starttls"))
+    assert result.smtp_code == 221
+    assert result.smtp_reply is not None and result.smtp_reply.startswith("221")
+
+
+async def test_smtp_dry_run_mail_and_rcpt(lab: Lab) -> None:
+    """The optional MAIL/RCPT dry run passes for a lab recipient and is timed."""
+    target = lab.target("smtp", "starttls", port=25, with_auth=False,
+                        mail_from="probe@lab.test", rcpt_to=("probe@lab.test",))
+    result = await run_once(target)
+    assert result.ok, result.detail
+    assert {"mail_from", "rcpt", "rset"} <= set(result.phases)
+
+
+async def test_smtp_dry_run_rejected_recipient(lab: Lab) -> None:
+    """A recipient the MX will not relay for fails at rcpt with a 5xx reply."""
+    target = lab.target("smtp", "starttls", port=25, with_auth=False,
+                        mail_from="probe@lab.test", rcpt_to=("someone@example.com",))
+    result = await run_once(target)
+    assert (result.stage, result.reason) == ("rcpt", "reply_5xx")
+    assert result.smtp_code is not None and 500 <= result.smtp_code < 600
+
+
+@pytest.mark.parametrize(("check", "tls_mode"), [("smtp", "starttls"), ("smtp", "implicit"), ("imap", "implicit"),
+                                                 ("pop3", "implicit")])
+async def test_wrong_password_is_auth_rejected(lab: Lab, check: str, tls_mode: str) -> None:
+    """A wrong password is classified auth/auth_rejected on every protocol."""
+    result = await run_once(lab.target(check, tls_mode, password="not-the-password"))
+    assert (result.stage, result.reason) == ("auth", "auth_rejected"), result.detail
+
+
+async def test_smtp_auth_is_attempted_once(lab: Lab) -> None:
+    """A rejected AUTH is not retried with another mechanism (each retry deepens the server's penalty)."""
+    result = await run_once(lab.target("smtp", "starttls", password="not-the-password"))
+    assert sum(1 for line in result.transcript if line.startswith("C: AUTH")) == 1
+
+
+async def test_postfix_down_fails_only_smtp(lab: Lab, postfix_stopped: None) -> None:
+    """Postfix stopped, Dovecot up: SMTP is connect/refused while IMAP and POP3 stay OK (the scenario we exist for)."""
+    smtp = await run_once(lab.target("smtp", "starttls"))
+    imap = await run_once(lab.target("imap", "implicit"))
+    pop3 = await run_once(lab.target("pop3", "implicit"))
+    assert (smtp.stage, smtp.reason) == ("connect", "refused")
+    assert imap.ok, imap.detail
+    assert pop3.ok, pop3.detail
+
+
+@pytest.mark.parametrize("check", ["smtp", "imap", "pop3"])
+async def test_refused_port_fails_at_once(check: str) -> None:
+    """A port with nothing listening is connect/refused at once, not at the deadline."""
+    result = await run_once(local_target(check, free_port(), timeout=10.0))
+    assert (result.stage, result.reason) == ("connect", "refused")
+    assert result.duration_seconds < 1.0  # the deadline is 10 s: refusal must not wait for it
+
+
+@pytest.mark.parametrize("check", ["smtp", "imap", "pop3"])
+async def test_silent_server_times_out_at_greeting(check: str, black_hole: int) -> None:
+    """A listener that never answers gives greeting/timeout, within timeout + 1 s."""
+    result = await run_once(local_target(check, black_hole, timeout=1.0))
+    assert (result.stage, result.reason) == ("greeting", "timeout")
+    assert result.duration_seconds < 1.0 + 1.0
+
+
+@pytest.mark.parametrize(("check", "tls_mode"), [("smtp", "starttls"), ("smtp", "implicit"), ("imap", "implicit"),
+                                                 ("imap", "starttls"), ("pop3", "implicit"), ("pop3", "starttls")])
+async def test_unknown_ca_is_cert_invalid(lab: Lab, check: str, tls_mode: str) -> None:
+    """Verifying the lab's self-signed certificate against the system store fails as tls/cert_invalid."""
+    result = await run_once(lab.target(check, tls_mode, ca=False))
+    assert (result.stage, result.reason) == ("tls", "cert_invalid"), result.detail
+
+
+async def test_wrong_server_name_is_cert_invalid(lab: Lab) -> None:
+    """A certificate that does not carry the expected name fails as tls/cert_invalid."""
+    target = lab.target("imap", "implicit")
+    target = type(target)(name=target.name, host=target.host,
+                          tls=type(target.tls)(ca_file=lab.ca, server_name="other.lab.test"),
+                          auth=target.auth, checks=target.checks)
+    result = await run_once(target)
+    assert (result.stage, result.reason) == ("tls", "cert_invalid")
+
+
+async def test_submission_without_tls_cannot_authenticate(lab: Lab) -> None:
+    """Port 587 with TLS off offers no AUTH (the lab requires TLS first): auth/protocol, and no AUTH is sent."""
+    result = await run_once(lab.target("smtp", "none", port=587))
+    assert (result.stage, result.reason) == ("auth", "protocol")
+    assert not any(line.startswith("C: AUTH") for line in result.transcript)
+
+
+async def test_imap_never_sends_login_in_clear_when_disabled(lab: Lab) -> None:
+    """IMAP without TLS against a server advertising LOGINDISABLED fails auth/protocol without sending LOGIN."""
+    result = await run_once(lab.target("imap", "none", port=143))
+    assert (result.stage, result.reason) == ("auth", "protocol")
+    assert not any(line.startswith("C: LOGIN") for line in result.transcript)
