@@ -21,6 +21,9 @@ __all__ = ["App"]
 
 log = logging.getLogger(__name__)
 
+_MIN_SPREAD = 5.0
+_SPREAD_PER_CHECK = 0.01
+
 
 class App:
     """A monitor instance. `start()` begins probing and serving; `stop()` ends both and waits."""
@@ -47,8 +50,11 @@ class App:
     async def start(self) -> None:
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port)
-        self.scheduler = Scheduler(self.runner.run, self.config.concurrency,
-                                   on_skip=self.metrics.record_skip, on_lag=self.metrics.record_lag)
+        checks = sum(len(t.checks) for t in self.config.targets)
+        # A few checks start within seconds; thousands spread over their interval (10 ms apart on average).
+        spread = max(_MIN_SPREAD, checks * _SPREAD_PER_CHECK)
+        self.scheduler = Scheduler(self.runner.run, self.config.concurrency, on_skip=self.metrics.record_skip,
+                                   on_lag=self.metrics.record_lag, spread=spread)
         for target in self.config.targets:
             self.metrics.add_target(target)
             self.scheduler.add(target)

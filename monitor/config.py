@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -159,16 +160,25 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self._lines: list[int] = []
+        self.ca_files: dict[str, str | None] = {}  # CA file -> why it cannot be used (None: it can)
 
     def problem(self, node: yaml.Node | None, path: str, message: str) -> None:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
         where = f" {path}:" if path else ""
         self.problems.append(f"{self.source}{line}:{where} {message}")
+        self._lines.append(node.start_mark.line if node is not None else -1)
+
+    def sorted_problems(self) -> list[str]:
+        """The problems in file order (the loader finds them in its own order)."""
+        order = sorted(range(len(self.problems)), key=lambda i: self._lines[i])
+        return [self.problems[i] for i in order]
 
     def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         """The mapping's entries by key; unknown and duplicate keys are reported."""
         if not isinstance(node, yaml.MappingNode):
-            self.problem(node, path, f"must be a mapping with keys {', '.join(allowed)}")
+            what = "must be a mapping" if path else "the top level must be a mapping"
+            self.problem(node, path, f"{what} with keys {', '.join(allowed)}")
             return {}
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
@@ -207,7 +217,9 @@ class _Reader:
         if value is None:
             return None
         if node.tag != "tag:yaml.org,2002:int" or not re.fullmatch(r"[0-9]+", value) or not low <= int(value) <= high:
-            self.problem(node, path, f"must be an integer between {low} and {high}, got {value!r}")
+            quoted = node.tag == "tag:yaml.org,2002:str" and re.fullmatch(r"[0-9]+", value) is not None
+            hint = " (a quoted string: remove the quotes)" if quoted else ""
+            self.problem(node, path, f"must be an integer between {low} and {high}, got {value!r}{hint}")
             return None
         return int(value)
 
@@ -268,13 +280,42 @@ def _get(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], key: 
 def _load_tls(reader: _Reader, node: yaml.Node, path: str) -> TlsSettings:
     entries = reader.mapping(node, path, ("ca_file", "server_name"))
     ca_file = _get(reader, entries, "ca_file", path, reader.string, None)
-    if ca_file is not None and not os.access(ca_file, os.R_OK):
-        reader.problem(entries["ca_file"][1], f"{path}.ca_file", f"cannot read CA file {ca_file!r}")
+    if ca_file is not None:
+        if ca_file not in reader.ca_files:
+            reader.ca_files[ca_file] = _ca_file_problem(ca_file)
+        problem = reader.ca_files[ca_file]
+        if problem is not None:
+            reader.problem(entries["ca_file"][1], f"{path}.ca_file", problem)
     return TlsSettings(ca_file=ca_file, server_name=_get(reader, entries, "server_name", path, reader.string, None))
+
+
+def _ca_file_problem(ca_file: str) -> str | None:
+    """Why `ca_file` cannot serve as a CA bundle, or None. Caught here, a bad bundle would otherwise fail
+    every probe at run time as a TLS error, blaming the server for a fault of the monitor's own setup."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)
+    except ssl.SSLError as exc:
+        return f"CA file {ca_file!r} holds no usable certificate ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read CA file {ca_file!r}: {exc.strerror}"
+    return None
+
+
+def _check_timing(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, interval: float,
+                  timeout: float) -> None:
+    """Report timeout > interval once, at the level that sets one of them (levels below inherit both)."""
+    if timeout <= interval or not ("interval" in entries or "timeout" in entries):
+        return
+    key = "timeout" if "timeout" in entries else "interval"
+    reader.problem(entries[key][1], f"{path}.{key}" if path else key,
+                   f"timeout ({format_duration(timeout)}) must not be longer than "
+                   f"interval ({format_duration(interval)})")
 
 
 def _load_auth(reader: _Reader, node: yaml.Node, path: str, environ: dict[str, str]) -> Auth | None:
     entries = reader.mapping(node, path, ("username", "password_env", "password_file"))
+    if not isinstance(node, yaml.MappingNode):
+        return None
     username = _get(reader, entries, "username", path, reader.string, None)
     if username is None and "username" not in entries:
         reader.problem(node, path, "username is required")
@@ -326,14 +367,14 @@ def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval
                 DEFAULT_PORTS[(name, tls_mode)])
     check_interval = _get(reader, entries, "interval", path, reader.duration, interval)
     check_timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
-    if check_timeout > check_interval:
-        reader.problem(node, path, f"timeout ({format_duration(check_timeout)}) must not be longer than "
-                                   f"interval ({format_duration(check_interval)})")
+    _check_timing(reader, entries, path, check_interval, check_timeout)
     use_auth = _get(reader, entries, "auth", path, reader.boolean, has_auth)
     if use_auth and not has_auth:
         reader.problem(entries["auth"][1], f"{path}.auth", "auth is on but the target has no auth block")
     if name in ("imap", "pop3") and not has_auth:
         reader.problem(node, path, f"{name} needs credentials: add an auth block to the target")
+    elif name in ("imap", "pop3") and not use_auth and "auth" in entries:
+        reader.problem(entries["auth"][1], f"{path}.auth", f"the {name} check always logs in: auth cannot be off")
     mail_from = _get(reader, entries, "mail_from", path, reader.string, None)
     no_recipients: tuple[str, ...] = ()
     rcpt_to = _get(reader, entries, "rcpt_to", path, reader.string_list, no_recipients)
@@ -351,7 +392,7 @@ def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval
 def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
     entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES))
-    if not entries:
+    if not isinstance(node, yaml.MappingNode):
         return None
     for required in ("name", "host"):
         if required not in entries:
@@ -363,6 +404,7 @@ def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, t
     auth = _load_auth(reader, entries["auth"][1], f"{path}.auth", environ) if "auth" in entries else None
     interval = _get(reader, entries, "interval", path, reader.duration, interval)
     timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
+    _check_timing(reader, entries, path, interval, timeout)
     checks = []
     for check_name in CHECK_NAMES:
         if check_name in entries:
@@ -383,17 +425,25 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     reader = _Reader(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:
+        at = text.count("\n", 0, exc.position) + 1
+        raise ConfigError([f"{source}:{at}: not valid YAML: character #x{exc.character:04x}: {exc.reason}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: not valid YAML: nested too deeply"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError([f"{source}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
+        message = exc.problem or exc.context or "unreadable"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            message += f" ({exc.context} started on line {exc.context_mark.line + 1})"
+        raise ConfigError([f"{source}{line}: not valid YAML: {message}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
     entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "targets"))
-    if not entries and reader.problems:
-        raise ConfigError(reader.problems)
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(reader.sorted_problems())
 
     vantage = _get(reader, entries, "vantage", "",
                    lambda n, p: reader.string(n, p, _NAME, "a valid vantage name (letters, digits, _ . : @ -)"), "")
@@ -409,6 +459,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         defaults = reader.mapping(entries["defaults"][1], "defaults", ("interval", "timeout"))
         interval = _get(reader, defaults, "interval", "defaults", reader.duration, interval)
         timeout = _get(reader, defaults, "timeout", "defaults", reader.duration, timeout)
+        _check_timing(reader, defaults, "defaults", interval, timeout)
     concurrency = _get(reader, entries, "concurrency", "", lambda n, p: reader.integer(n, p, 1, 100000),
                        DEFAULT_CONCURRENCY)
 
@@ -432,7 +483,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                 seen[target.name] = index
                 targets.append(target)
     if reader.problems:
-        raise ConfigError(reader.problems)
+        raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
                   targets=tuple(targets), source=source)
 

@@ -25,12 +25,14 @@ class Scheduler:
     """Owns the loop tasks; `add`/`remove` change the running set without touching the others."""
 
     def __init__(self, run: RunFn, concurrency: int, *, on_skip: Callable[[str, str], None] = lambda t, c: None,
-                 on_lag: Callable[[float], None] = lambda s: None, jitter: bool = True) -> None:
+                 on_lag: Callable[[float], None] = lambda s: None, spread: float | None = None) -> None:
         self._run = run
         self._slots = asyncio.Semaphore(concurrency)
         self._on_skip = on_skip
         self._on_lag = on_lag
-        self._jitter = jitter
+        # First runs are spread at random over `spread` seconds (capped at each check's interval);
+        # None spreads over the whole interval, 0 starts everything at once.
+        self._spread = spread
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._runs: set[asyncio.Task[None]] = set()
 
@@ -62,7 +64,8 @@ class Scheduler:
     async def _loop(self, target: Target, check: CheckSettings) -> None:
         loop = asyncio.get_running_loop()
         # Jitter spreads thousands of checks over the interval instead of firing them all at once.
-        due = loop.time() + (random.uniform(0, check.interval) if self._jitter else 0.0)
+        window = check.interval if self._spread is None else min(self._spread, check.interval)
+        due = loop.time() + random.uniform(0, window)
         running: asyncio.Task[None] | None = None
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))

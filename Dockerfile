@@ -1,0 +1,27 @@
+# mailmon: a small runtime image. Build: docker build -t mailmon .
+# Run:  docker run -p 9917:9917 -v $PWD/config.yaml:/etc/mailmon/config.yaml:ro \
+#         -v /path/to/secrets:/run/secrets:ro mailmon
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY monitor ./monitor
+# Runtime dependencies only (no test extras), then drop the sources.
+RUN pip install . && rm -rf /src
+
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin mailmon
+USER mailmon
+WORKDIR /
+
+EXPOSE 9917
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9917/-/healthy', timeout=4).status == 200 else 1)"]
+
+# Config and secrets are mounted; the listen address must be reachable from outside the container.
+ENTRYPOINT ["mailmon"]
+CMD ["run", "--config", "/etc/mailmon/config.yaml", "--listen", "0.0.0.0:9917"]

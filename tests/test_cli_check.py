@@ -1,0 +1,92 @@
+"""`mailmon check`: one-shot results as a table or JSON lines, with Nagios exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Lab, free_port, mailmon_command
+
+pytestmark = pytest.mark.lab
+
+JSON_FIELDS = {"target", "check", "ok", "stage", "reason", "phases", "duration_seconds", "smtp_code", "detail"}
+
+
+def _config(tmp_path: Path, lab: Lab, password: str, extra: str = "") -> Path:
+    secret = tmp_path / "password"
+    secret.write_text(password)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+vantage: cli-test
+targets:
+  - name: lab
+    host: {lab.host}
+    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
+    auth: {{username: {lab.user}, password_file: {secret}}}
+    smtp: {{port: 587, tls: starttls, timeout: 5s}}
+    imap: {{port: 993, tls: implicit, timeout: 5s}}
+    pop3: {{port: 995, tls: implicit, timeout: 5s}}
+{extra}""")
+    return path
+
+
+def _check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(mailmon_command("check", *args), capture_output=True, text=True, timeout=60)
+
+
+def test_all_ok_exits_0_with_a_table(tmp_path: Path, lab: Lab) -> None:
+    """A healthy lab gives exit 0 and a Nagios-style first line naming the state."""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("MAILMON OK - 3 checks passed")
+    assert all(name in done.stdout for name in ("smtp", "imap", "pop3"))
+
+
+def test_json_lines_carry_the_public_fields(tmp_path: Path, lab: Lab) -> None:
+    """--json prints one object per result with the documented fields, reason null when ok."""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password)), "--json")
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(row["target"], row["check"]) for row in rows] == [("lab", "smtp"), ("lab", "imap"), ("lab", "pop3")]
+    for row in rows:
+        assert JSON_FIELDS <= set(row)
+        assert row["ok"] is True and row["stage"] is None and row["reason"] is None
+        assert isinstance(row["phases"], dict) and all(isinstance(v, float) for v in row["phases"].values())
+
+
+def test_a_failure_exits_2_critical(tmp_path: Path, lab: Lab) -> None:
+    """A refused port makes the run CRITICAL (exit 2) and the JSON row says connect/refused."""
+    extra = f"""  - name: closed
+    host: 127.0.0.1
+    smtp: {{port: {free_port()}, tls: none, timeout: 5s}}
+"""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password, extra)), "--target", "closed", "--json")
+    assert done.returncode == 2
+    row = json.loads(done.stdout)
+    assert (row["ok"], row["stage"], row["reason"]) == (False, "connect", "refused")
+
+
+def test_unknown_target_exits_3_unknown(tmp_path: Path, lab: Lab) -> None:
+    """Asking for a target the config does not have is UNKNOWN (exit 3), not OK."""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password)), "--target", "nope")
+    assert done.returncode == 3
+    assert done.stdout.startswith("UNKNOWN")
+
+
+def test_check_filter_runs_one_check(tmp_path: Path, lab: Lab) -> None:
+    """--check limits the run to that protocol."""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password)), "--check", "pop3", "--json")
+    assert [json.loads(line)["check"] for line in done.stdout.splitlines()] == ["pop3"]
+
+
+def test_passwords_never_printed(tmp_path: Path, lab: Lab) -> None:
+    """Neither table nor JSON nor stderr shows the password, right or wrong, even on auth failures."""
+    wrong = "Wr0ng-But-Secret"
+    for password in (lab.password, wrong):
+        config = str(_config(tmp_path, lab, password))
+        for args in ((), ("--json",), ("--log.level", "debug")):
+            done = _check("--config", config, *args)
+            assert password not in done.stdout and password not in done.stderr
+    assert _check("--config", str(_config(tmp_path, lab, wrong))).returncode == 2
