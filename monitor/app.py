@@ -13,6 +13,7 @@ from monitor import config as config_module
 from monitor.config import Config, ConfigError, Target
 from monitor.logs import log_result
 from monitor.metrics import Metrics
+from monitor.probes import Probe, probes_for
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
 from monitor.web.server import HttpServer, Request, Response
@@ -35,7 +36,7 @@ class App:
         self.listen = listen or config.listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage)
-        self.runner = Runner(config.vantage, sinks=[self.metrics.record, log_result])
+        self.runner = Runner(config.vantage, sinks=[self.metrics.record, log_result], probes=self._probes(config))
         self.scheduler: Scheduler | None = None
         self.http = HttpServer({
             ("GET", "/metrics"): self._metrics,
@@ -85,8 +86,12 @@ class App:
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
 
+    def _probes(self, config: Config) -> dict[str, Probe]:
+        return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)
+
     async def _apply(self, new: Config) -> None:
         assert self.scheduler is not None
+        self.runner.probes = self._probes(new)
         old: dict[str, Target] = {t.name: t for t in self.config.targets}
         fresh: dict[str, Target] = {t.name: t for t in new.targets}
         for name, target in old.items():

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run every check once and report (Nagios exit codes)")
     common(check)
     check.add_argument("--target", metavar="NAME", help="only this target")
-    check.add_argument("--check", metavar="NAME", choices=config_module.CHECK_NAMES, help="only this check")
+    check.add_argument("--check", metavar="NAME", help="only this check: smtp, imap, pop3, roundtrip "
+                                                        "(or roundtrip:imap, roundtrip:pop3)")
     check.add_argument("--json", action="store_true", help="one JSON object per result per line")
 
     validate = sub.add_parser("validate", help="check the configuration file and exit")
@@ -99,21 +100,29 @@ async def _run(config: Config, listen: str | None, path: str) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload()))
+    reloads: set[asyncio.Task[bool]] = set()  # held so a running reload is not garbage-collected
+
+    def reload() -> None:
+        task = asyncio.ensure_future(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stopping.wait()
     await app.stop()
     return EXIT_OK
 
 
 async def _check(config: Config, only_target: str | None, only_check: str | None, as_json: bool) -> int:
+    from monitor.probes import probes_for
     from monitor.runner import Runner
 
     targets = [t for t in config.targets if only_target is None or t.name == only_target]
-    jobs = [(t, c) for t in targets for c in t.checks if only_check is None or c.name == only_check]
+    jobs = [(t, c) for t in targets for c in t.checks if only_check is None or only_check in (c.name, c.key)]
     if not jobs:
         print(f"UNKNOWN - no check matches (target {only_target or 'any'}, check {only_check or 'any'})")
         return EXIT_UNKNOWN
-    runner = Runner(config.vantage)
+    runner = Runner(config.vantage, probes=probes_for(config))
     semaphore = asyncio.Semaphore(config.concurrency)
 
     async def one(target: config_module.Target, check: config_module.CheckSettings) -> Result:
@@ -135,13 +144,18 @@ async def _check(config: Config, only_target: str | None, only_check: str | None
 def _print_table(results: list[Result]) -> None:
     failed = [r for r in results if not r.ok]
     state = "CRITICAL" if failed else "OK"
-    summary = ", ".join(f"{r.target}/{r.check} {r.stage}/{r.reason}" for r in failed) or f"{len(results)} checks passed"
+    summary = ", ".join(f"{r.target}/{_name(r)} {r.stage}/{r.reason}" for r in failed)
+    summary = summary or f"{len(results)} checks passed"
     print(f"MAILMON {state} - {summary}")
     rows = [("TARGET", "CHECK", "RESULT", "SECONDS", "SLOWEST STEP", "DETAIL")]
     for r in results:
         slowest = max(r.phases.items(), key=lambda item: item[1]) if r.phases else ("-", 0.0)
-        rows.append((r.target, r.check, "ok" if r.ok else f"{r.stage}/{r.reason}", f"{r.duration_seconds:.3f}",
+        rows.append((r.target, _name(r), "ok" if r.ok else f"{r.stage}/{r.reason}", f"{r.duration_seconds:.3f}",
                      f"{slowest[0]} {slowest[1]:.3f}", (r.smtp_reply or "") if r.ok else r.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5][:120])
+
+
+def _name(result: Result) -> str:
+    return f"{result.check}:{result.via}" if result.via else result.check

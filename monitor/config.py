@@ -34,7 +34,8 @@ __all__ = [
     "parse_listen",
 ]
 
-CHECK_NAMES = ("smtp", "imap", "pop3")
+CHECK_NAMES = ("smtp", "imap", "pop3", "roundtrip")
+READBACK_NAMES = ("imap", "pop3")
 TLS_MODES = ("starttls", "implicit", "none")
 DEFAULT_LISTEN = "127.0.0.1:9917"
 DEFAULT_INTERVAL = 60.0
@@ -47,6 +48,9 @@ DEFAULT_PORTS = {
     ("pop3", "starttls"): 110, ("pop3", "implicit"): 995, ("pop3", "none"): 110,
 }
 DEFAULT_TLS_MODE = {"smtp": "starttls", "imap": "implicit", "pop3": "implicit"}
+DEFAULT_ROUNDTRIP_TIMEOUT = 60.0
+# Folders where a filtered probe message may land; only those that exist on the server are looked at.
+DEFAULT_JUNK_FOLDERS = ("Junk", "Spam", "Junk E-mail", "INBOX.Junk", "INBOX.Spam")
 # Label values end up in PromQL selectors and URLs: keep them to a safe alphabet.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -113,6 +117,16 @@ class CheckSettings:
     mail_from: str | None = None
     rcpt_to: tuple[str, ...] = ()
     mailbox: str = "INBOX"
+    # Round trip only: the read-back protocol, who receives the probe message, who sends it, junk folders.
+    via: str | None = None
+    recipient: str | None = None
+    sender: str | None = None
+    junk_folders: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Unique among a target's checks: `smtp`, or `roundtrip:imap` for a round trip read back over IMAP."""
+        return f"{self.name}:{self.via}" if self.via else self.name
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,10 @@ class Target:
         """The name the server certificate must carry."""
         return self.tls.server_name or self.host
 
+    def settings(self, name: str) -> CheckSettings | None:
+        """The settings of the target's `name` check (the first, for round trips), or None."""
+        return next((c for c in self.checks if c.name == name), None)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -138,6 +156,8 @@ class Config:
     concurrency: int
     targets: tuple[Target, ...]
     source: str = ""
+    # Signs probe messages (HMAC) so that only messages this monitor family sent are ever deleted.
+    probe_key: Secret | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -147,7 +167,7 @@ class Config:
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `[V6]:PORT` → (host, port); ValueError with a plain sentence otherwise."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9917 or [::1]:9917)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -324,29 +344,40 @@ def _load_auth(reader: _Reader, node: yaml.Node, path: str, environ: dict[str, s
         reader.problem(node, path, "give exactly one of password_env or password_file")
         return None
     key = sources[0]
-    value_node = entries[key][1]
-    password: str | None = None
-    if key == "password_env":
-        name = reader.string(value_node, f"{path}.{key}", _ENV_NAME, "an environment variable name")
-        if name is not None:
-            password = environ.get(name)
-            if password is None:
-                reader.problem(value_node, f"{path}.{key}", f"environment variable {name} is not set")
-    else:
-        file_name = reader.string(value_node, f"{path}.{key}")
-        if file_name is not None:
-            try:
-                with open(file_name, encoding="utf-8") as handle:
-                    # One trailing newline is an editor's, not the password's.
-                    password = handle.read().removesuffix("\n").removesuffix("\r")
-            except OSError as exc:
-                reader.problem(value_node, f"{path}.{key}", f"cannot read password file {file_name!r}: {exc.strerror}")
-    if password == "":
-        reader.problem(value_node, f"{path}.{key}", "the password is empty")
-        return None
+    source = "env" if key == "password_env" else "file"
+    password = _read_secret(reader, entries[key][1], f"{path}.{key}", source, environ, "password")
     if username is None or password is None:
         return None
     return Auth(username=username, password=Secret(password))
+
+
+def _read_secret(reader: _Reader, node: yaml.Node, path: str, source: str, environ: dict[str, str],
+                 what: str) -> str | None:
+    """A secret from an environment variable (`source` env) or a file; None, with the problem recorded, if unusable."""
+    value: str | None = None
+    if source == "env":
+        name = reader.string(node, path, _ENV_NAME, "an environment variable name")
+        if name is None:
+            return None
+        value = environ.get(name)
+        if value is None:
+            reader.problem(node, path, f"environment variable {name} is not set")
+            return None
+    else:
+        file_name = reader.string(node, path)
+        if file_name is None:
+            return None
+        try:
+            with open(file_name, encoding="utf-8") as handle:
+                # One trailing newline is an editor's, not the secret's.
+                value = handle.read().removesuffix("\n").removesuffix("\r")
+        except OSError as exc:
+            reader.problem(node, path, f"cannot read {what} file {file_name!r}: {exc.strerror}")
+            return None
+    if value == "":
+        reader.problem(node, path, f"the {what} is empty")
+        return None
+    return value
 
 
 _CHECK_KEYS = {
@@ -389,6 +420,51 @@ def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval
     )
 
 
+_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox")
+
+
+def _load_roundtrip(reader: _Reader, node: yaml.Node, path: str, interval: float,
+                    checks: dict[str, CheckSettings], auth_user: str | None) -> list[CheckSettings]:
+    """One CheckSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `roundtrip:` alone: every default
+    else:
+        entries = reader.mapping(node, path, _ROUNDTRIP_KEYS)
+    default_via = tuple(name for name in READBACK_NAMES if name in checks) or ("imap",)
+    via = _get(reader, entries, "via", path, reader.string_list, default_via)
+    for name in via:
+        if name not in READBACK_NAMES:
+            reader.problem(entries["via"][1], f"{path}.via", f"{name!r} cannot read mail back: use imap or pop3")
+        elif name not in checks:
+            reader.problem(node, path, f"via {name} needs the target's {name} block (its port, tls and credentials)")
+    if "smtp" not in checks:
+        reader.problem(node, path, "a round trip submits over SMTP: the target needs an smtp block")
+    if len(set(via)) != len(via):
+        reader.problem(entries["via"][1], f"{path}.via", "lists a protocol twice")
+    check_interval = _get(reader, entries, "interval", path, reader.duration, interval)
+    # The default deadline shrinks to fit a shorter interval; one set explicitly must fit by itself.
+    check_timeout = _get(reader, entries, "timeout", path, reader.duration,
+                         min(DEFAULT_ROUNDTRIP_TIMEOUT, check_interval))
+    _check_timing(reader, entries, path, check_interval, check_timeout)
+    recipient = _get(reader, entries, "recipient", path, reader.string, auth_user)
+    if recipient is None:
+        reader.problem(node, path, "recipient is required when the target has no auth block")
+    sender = _get(reader, entries, "sender", path, reader.string, recipient)
+    default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
+    junk = _get(reader, entries, "junk_folders", path, reader.string_list, default_junk)
+    mailbox = _get(reader, entries, "mailbox", path, reader.string, "INBOX")
+    result = []
+    for name in via:
+        readback = checks.get(name)
+        if name not in READBACK_NAMES or readback is None or recipient is None:
+            continue
+        result.append(CheckSettings(
+            name="roundtrip", port=readback.port, tls_mode=readback.tls_mode, interval=check_interval,
+            timeout=check_timeout, use_auth=True, via=name, recipient=recipient, sender=sender,
+            junk_folders=junk, mailbox=mailbox))
+    return result
+
+
 def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
     entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES))
@@ -405,13 +481,17 @@ def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, t
     interval = _get(reader, entries, "interval", path, reader.duration, interval)
     timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
     _check_timing(reader, entries, path, interval, timeout)
-    checks = []
+    checks: list[CheckSettings] = []
     for check_name in CHECK_NAMES:
-        if check_name in entries:
+        if check_name in entries and check_name != "roundtrip":
             check = _load_check(reader, check_name, entries[check_name][1], f"{path}.{check_name}",
                                 interval, timeout, "auth" in entries)
             if check is not None:
                 checks.append(check)
+    if "roundtrip" in entries:
+        by_name = {c.name: c for c in checks}
+        checks.extend(_load_roundtrip(reader, entries["roundtrip"][1], f"{path}.roundtrip", interval, by_name,
+                                      auth.username if auth is not None else None))
     if not any(c in entries for c in CHECK_NAMES):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
     if name is None or host is None:
@@ -441,7 +521,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
-    entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "targets"))
+    entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "targets"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -463,6 +543,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     concurrency = _get(reader, entries, "concurrency", "", lambda n, p: reader.integer(n, p, 1, 100000),
                        DEFAULT_CONCURRENCY)
 
+    probe_key = _load_probe_key(reader, entries["probe_key"][1], environ) if "probe_key" in entries else None
     targets: list[Target] = []
     if "targets" not in entries:
         reader.problem(root, "targets", "is required: list at least one target")
@@ -482,10 +563,30 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                     continue
                 seen[target.name] = index
                 targets.append(target)
+    if probe_key is None and "probe_key" not in entries and any(c.via for t in targets for c in t.checks):
+        reader.problem(root, "probe_key", "is required for round trips: {file: PATH} or {env: NAME} holding a "
+                                          "secret of at least 16 characters that signs probe messages")
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
-                  targets=tuple(targets), source=source)
+                  targets=tuple(targets), source=source, probe_key=probe_key)
+
+
+_MIN_KEY_LENGTH = 16
+
+
+def _load_probe_key(reader: _Reader, node: yaml.Node, environ: dict[str, str]) -> Secret | None:
+    entries = reader.mapping(node, "probe_key", ("file", "env"))
+    if len(entries) != 1:
+        reader.problem(node, "probe_key", "give exactly one of file or env")
+        return None
+    key, (_, value_node) = next(iter(entries.items()))
+    value = _read_secret(reader, value_node, f"probe_key.{key}", key, environ, "probe key")
+    if value is not None and len(value) < _MIN_KEY_LENGTH:
+        reader.problem(value_node, f"probe_key.{key}",
+                       f"the key is too short: use at least {_MIN_KEY_LENGTH} characters")
+        return None
+    return Secret(value) if value is not None else None
 
 
 def load(path: str, environ: dict[str, str] | None = None) -> Config:

@@ -23,7 +23,7 @@ STAGES: tuple[str, ...] = (
 )
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
-    "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "internal",
+    "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
 )
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
@@ -84,6 +84,11 @@ def _reason_of(exc: BaseException) -> str | None:
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and 400 <= code < 600:
+        # A library's "unexpected reply" error (aiosmtplib's carry `code`); checked before ConnectionError
+        # because aiosmtplib's rejected-banner error is both.
+        return reply_reason(code)
     if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
         return "reset"  # after refused: a peer that went away, however the library words it
     if isinstance(exc, socket.gaierror):
@@ -97,9 +102,6 @@ def _reason_of(exc: BaseException) -> str | None:
             return "refused"
         if exc.errno == errno.ETIMEDOUT:
             return "timeout"
-    code = getattr(exc, "code", None)
-    if isinstance(code, int) and 400 <= code < 600:
-        return reply_reason(code)  # a library's "unexpected reply" error (aiosmtplib's carry `code`)
     return None
 
 

@@ -15,11 +15,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor import __version__
 from monitor.config import CheckSettings, Target
-from monitor.result import Result
+from monitor.result import PHASE_STAGE, Result
 
 __all__ = ["Metrics", "expected_phases", "possible_failures"]
 
-_TARGET = ("vantage", "target", "check")
+# `via` is the read-back protocol of a round trip and empty for the other checks (PromQL treats it as absent).
+_TARGET = ("vantage", "target", "check", "via")
+# Submit-to-visible latency: loopback delivery takes milliseconds, a queue backlog minutes.
+ROUNDTRIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 # Which (stage, reason) pairs a check can produce: the stages its steps pass through, and the reasons
 # that can happen at each. Used to pre-create the failure counters, so it must cover what the probes
@@ -51,13 +54,15 @@ def expected_phases(check: CheckSettings) -> tuple[str, ...]:
         tls_steps = ("stls",) if check.tls_mode == "starttls" else ()
         head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
         return (*head, "greeting", *tls_steps, "user", "pass", "stat", "quit")
+    if check.name == "roundtrip":
+        # Read-back session first (timed as one step), then the submission's own steps, then the wait.
+        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "auth",
+                "mail_from", "rcpt", "data", "quit", "delivery", "cleanup")
     raise ValueError(f"unknown check {check.name!r}")
 
 
 def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
     """Every (stage, reason) this check can report."""
-    from monitor.result import PHASE_STAGE
-
     stages: list[str] = []
     for step in expected_phases(check):
         stage = PHASE_STAGE.get(step, step)
@@ -69,6 +74,11 @@ def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
     for stage in stages:
         reasons = _AT_STAGE.get(stage, _REPLIES if stage not in ("dns", "connect") else ())
         pairs.extend((stage, reason) for reason in _ANYWHERE + tuple(r for r in reasons if r not in _ANYWHERE))
+    if check.name == "roundtrip":
+        # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
+        extra = [("fetch", r) for r in _AT_STAGE["connect"] + _AT_STAGE["tls"] + _AT_STAGE["auth"]]
+        extra += [("delivery", "not_delivered"), ("delivery", "junk")]
+        pairs += [pair for pair in dict.fromkeys(extra) if pair not in pairs]
     return pairs
 
 
@@ -103,6 +113,15 @@ class Metrics:
         self.cert_expiry = Gauge("mailmon_tls_cert_expiry_timestamp_seconds",
                                  "notAfter of the server certificate seen by the last TLS handshake (0: unknown).",
                                  _TARGET, registry=registry)
+        self.roundtrip = Histogram("mailmon_roundtrip_seconds",
+                                   "Time from the server accepting a probe message to it being visible in the mailbox.",
+                                   ("vantage", "target", "via"), registry=registry, buckets=ROUNDTRIP_BUCKETS)
+        self.roundtrip_late = Counter("mailmon_roundtrip_late_total",
+                                      "Probe messages that became visible only after their round trip's deadline.",
+                                      ("vantage", "target", "via"), registry=registry)
+        self.swept = Counter("mailmon_roundtrip_swept_total",
+                             "Stale probe messages (late arrivals, leftovers) the sweeper deleted.",
+                             ("vantage", "target"), registry=registry)
         self.lag = Histogram("mailmon_scheduler_lag_seconds",
                              "Delay between when a run was due and when it started (concurrency limit, load).",
                              ("vantage",), registry=registry,
@@ -120,14 +139,18 @@ class Metrics:
     def add_target(self, target: Target) -> None:
         """Create every series of the target's checks, so they exist before the first run."""
         for check in target.checks:
-            labels = (self.vantage, target.name, check.name)
+            labels = (self.vantage, target.name, check.name, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
                            self.last_success, self.cert_expiry):
                 family.labels(*labels)
-            if check.name == "smtp":
+            if check.name in ("smtp", "roundtrip"):
                 self.smtp_code.labels(*labels)
+            if check.via:
+                self.roundtrip.labels(self.vantage, target.name, check.via)
+                self.roundtrip_late.labels(self.vantage, target.name, check.via)
+                self.swept.labels(self.vantage, target.name)
             phases = expected_phases(check)
-            self._phases[(target.name, check.name)] = phases
+            self._phases[(target.name, check.key)] = phases
             for phase in phases:
                 self.phase.labels(*labels, phase)
             for stage, reason in possible_failures(check):
@@ -136,18 +159,22 @@ class Metrics:
     def remove_target(self, target: Target) -> None:
         """Drop the target's series (it left the configuration)."""
         for check in target.checks:
-            labels = (self.vantage, target.name, check.name)
+            labels = (self.vantage, target.name, check.name, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
                            self.last_success, self.cert_expiry, self.smtp_code):
                 _remove(family, labels)
-            for phase in self._phases.pop((target.name, check.name), ()):
+            if check.via:
+                _remove(self.roundtrip, (self.vantage, target.name, check.via))
+                _remove(self.roundtrip_late, (self.vantage, target.name, check.via))
+                _remove(self.swept, (self.vantage, target.name))
+            for phase in self._phases.pop((target.name, check.key), ()):
                 _remove(self.phase, (*labels, phase))
             for stage, reason in possible_failures(check):
                 _remove(self.failures, (*labels, stage, reason))
 
     def record(self, result: Result) -> None:
         """Publish one result."""
-        labels = (self.vantage, result.target, result.check)
+        labels = (self.vantage, result.target, result.check, result.via or "")
         self.runs.labels(*labels).inc()
         self.last_attempt.labels(*labels).set(result.started_at)
         self.duration.labels(*labels).set(result.duration_seconds)
@@ -158,7 +185,8 @@ class Metrics:
             assert result.stage is not None and result.reason is not None
             self.failures.labels(*labels, result.stage, result.reason).inc()
         # Steps a failed run never reached are zeroed: a stale time from an older run would mislead.
-        known = self._phases.get((result.target, result.check), ())
+        key = f"{result.check}:{result.via}" if result.via else result.check
+        known = self._phases.get((result.target, key), ())
         for phase in known:
             self.phase.labels(*labels, phase).set(result.phases.get(phase, 0.0))
         for phase, seconds in result.phases.items():
@@ -168,9 +196,17 @@ class Metrics:
             self.smtp_code.labels(*labels).set(result.smtp_code)
         if result.tls.cert_not_after is not None:
             self.cert_expiry.labels(*labels).set(result.tls.cert_not_after)
+        if result.via and result.ok and "delivery" in result.phases:
+            self.roundtrip.labels(self.vantage, result.target, result.via).observe(result.phases["delivery"])
 
-    def record_skip(self, target: str, check: str) -> None:
-        self.skipped.labels(self.vantage, target, check).inc()
+    def record_skip(self, target: str, check: CheckSettings) -> None:
+        self.skipped.labels(self.vantage, target, check.name, check.via or "").inc()
+
+    def record_late(self, target: str, via: str, count: int = 1) -> None:
+        self.roundtrip_late.labels(self.vantage, target, via).inc(count)
+
+    def record_swept(self, target: str, count: int) -> None:
+        self.swept.labels(self.vantage, target).inc(count)
 
     def record_lag(self, seconds: float) -> None:
         self.lag.labels(self.vantage).observe(seconds)
@@ -181,6 +217,6 @@ class Metrics:
             self.reload_time.set(when)
 
 
-def _remove(family: Gauge | Counter, labels: tuple[str, ...]) -> None:
+def _remove(family: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
     with contextlib.suppress(KeyError):
         family.remove(*labels)

@@ -26,6 +26,8 @@ PHASE_STAGE = {
     "stat": "select",
     "rset": "quit",
     "logout": "quit",
+    "readback_open": "fetch",
+    "sweep": "cleanup",
 }
 
 
@@ -57,6 +59,8 @@ class Result:
     tls: TlsFacts = field(default_factory=TlsFacts)
     transcript: list[str] = field(default_factory=list)
     via: str | None = None
+    queue_id: str | None = None
+    message_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The public JSON shape (`mailmon check --json`); field names are an interface."""
@@ -74,6 +78,8 @@ class Result:
             "smtp_reply": self.smtp_reply,
             "tls_version": self.tls.version,
             "tls_cert_not_after": self.tls.cert_not_after,
+            "queue_id": self.queue_id,
+            "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
         }
@@ -98,6 +104,8 @@ class ProbeContext:
         self.tls = TlsFacts()
         self.smtp_code: int | None = None
         self.smtp_reply: str | None = None
+        self.queue_id: str | None = None
+        self.message_id: str | None = None
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: str | None = None

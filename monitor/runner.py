@@ -50,7 +50,7 @@ class Runner:
         ctx = ProbeContext()
         started_at = time.time()
         probe = self.probes[check.name]
-        task = asyncio.create_task(_observed(probe, ctx, target, check), name=f"probe {target.name}/{check.name}")
+        task = asyncio.create_task(_observed(probe, ctx, target, check), name=f"probe {target.name}/{check.key}")
         try:
             done, _ = await asyncio.wait({task}, timeout=check.timeout)
         except asyncio.CancelledError:
@@ -69,7 +69,8 @@ class Runner:
                 log.warning("probe %s/%s did not stop within %ss of cancellation",
                             target.name, check.name, _CANCEL_GRACE)
         else:
-            exc = task.exception()
+            # A probe that ended cancelled on its own (not by us) is a failure of its step, not a crash.
+            exc = asyncio.CancelledError("the probe was cancelled") if task.cancelled() else task.exception()
             failed_at = ctx.stage
             ctx.done()
             if exc is not None:
@@ -85,7 +86,7 @@ class Runner:
             target=target.name, check=check.name, vantage=self.vantage, ok=stage is None,
             started_at=started_at, duration_seconds=ctx.elapsed(), phases=dict(ctx.phases),
             stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
-            tls=ctx.tls, transcript=ctx.transcript,
+            tls=ctx.tls, transcript=ctx.transcript, via=check.via, queue_id=ctx.queue_id, message_id=ctx.message_id,
         )
 
 

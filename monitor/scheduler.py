@@ -24,7 +24,8 @@ RunFn = Callable[[Target, CheckSettings], Awaitable[object]]
 class Scheduler:
     """Owns the loop tasks; `add`/`remove` change the running set without touching the others."""
 
-    def __init__(self, run: RunFn, concurrency: int, *, on_skip: Callable[[str, str], None] = lambda t, c: None,
+    def __init__(self, run: RunFn, concurrency: int, *,
+                 on_skip: Callable[[str, CheckSettings], None] = lambda t, c: None,
                  on_lag: Callable[[float], None] = lambda s: None, spread: float | None = None) -> None:
         self._run = run
         self._slots = asyncio.Semaphore(concurrency)
@@ -42,7 +43,7 @@ class Scheduler:
 
     def add(self, target: Target) -> None:
         for check in target.checks:
-            key = (target.name, check.name)
+            key = (target.name, check.key)
             if key not in self._loops:
                 self._loops[key] = asyncio.create_task(self._loop(target, check), name=f"schedule {key[0]}/{key[1]}")
 
@@ -70,8 +71,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             if running is not None and not running.done():
-                self._on_skip(target.name, check.name)
-                log.info("skipped %s/%s: the previous run is still going", target.name, check.name)
+                log.info("skipped %s/%s: the previous run is still going", target.name, check.key)
+                _guarded(self._on_skip, target.name, check)
             else:
                 running = asyncio.create_task(self._one(target, check, due))
                 self._runs.add(running)
@@ -85,10 +86,18 @@ class Scheduler:
 
     async def _one(self, target: Target, check: CheckSettings, due: float) -> None:
         async with self._slots:
-            self._on_lag(max(0.0, asyncio.get_running_loop().time() - due))
+            _guarded(self._on_lag, max(0.0, asyncio.get_running_loop().time() - due))
             try:
                 await self._run(target, check)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("run of %s/%s failed", target.name, check.name)
+                log.exception("run of %s/%s failed", target.name, check.key)
+
+
+def _guarded(callback: Callable[..., None], *args: object) -> None:
+    """Call a reporting hook; its failure is logged, never allowed to end a schedule loop."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("scheduler hook %r failed", callback)

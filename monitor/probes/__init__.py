@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from monitor.config import CheckSettings, Target
+from monitor.config import CheckSettings, Config, Target
 from monitor.probes import imap, pop3, smtp
+from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
 
-__all__ = ["PROBES", "Probe"]
+__all__ = ["PROBES", "Probe", "probes_for"]
 
 Probe = Callable[[ProbeContext, Target, CheckSettings], Awaitable[None]]
 
@@ -21,3 +22,12 @@ PROBES: dict[str, Probe] = {
     "imap": imap.probe,
     "pop3": pop3.probe,
 }
+
+
+def probes_for(config: Config, on_late: Callable[[str, str, int], None] = lambda t, v, n: None,
+               on_swept: Callable[[str, int], None] = lambda t, n: None) -> dict[str, Probe]:
+    """The probe table for a configuration: the fixed probes, plus the round trip when a probe key is set."""
+    table = dict(PROBES)
+    if config.probe_key is not None:
+        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept)
+    return table

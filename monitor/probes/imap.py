@@ -59,7 +59,7 @@ class ImapSession:
         self.check = check
         self.protocol: _Protocol | None = None
 
-    async def _watch(self, awaitable: Awaitable[T]) -> T:
+    async def watch(self, awaitable: Awaitable[T]) -> T:
         """Await a library call, but fail as `reset` as soon as the server closes the connection."""
         assert self.protocol is not None
         task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
@@ -94,12 +94,12 @@ class ImapSession:
             raise
         if ctx.current_step != "greeting":
             ctx.step("greeting")
-        greeting = await self._watch(protocol.greeting)
+        greeting = await self.watch(protocol.greeting)
         ctx.heard(greeting.decode(errors="replace"))
         if not greeting.startswith((b"* OK", b"* PREAUTH")):
             raise ProbeError("greeting", "protocol", f"not an IMAP greeting: {greeting[:200]!r}")
         ctx.step("capability")
-        await self._watch(protocol.wait("AUTH|NONAUTH"))
+        await self.watch(protocol.wait("AUTH|NONAUTH"))
         if check.tls_mode == "starttls":
             await self._starttls(tls_context)
         ctx.step("login")
@@ -113,7 +113,7 @@ class ImapSession:
             raise ProbeError("tls", "protocol", "the server does not offer STARTTLS")
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         ctx.say(f"{command.tag} STARTTLS")
-        response = await self._watch(protocol.execute(command))
+        response = await self.watch(protocol.execute(command))
         self._heard(response)
         if response.result != "OK":
             raise ProbeError("tls", "protocol", f"STARTTLS refused: {response.result} {_text(response)}")
@@ -122,7 +122,7 @@ class ImapSession:
         protocol.transport = await loop.start_tls(protocol.transport, protocol, tls_context,  # type: ignore[arg-type]
                                                   server_hostname=self.target.server_name)
         # RFC 3501 6.2.1: capabilities learnt before TLS must be discarded.
-        await self._watch(protocol.capability())
+        await self.watch(protocol.capability())
 
     async def _login(self) -> None:
         protocol, auth = self.protocol, self.target.auth
@@ -132,7 +132,7 @@ class ImapSession:
             raise ProbeError("auth", "protocol", "the server disables LOGIN on this connection (LOGINDISABLED): "
                                                  "use tls: starttls or implicit")
         self.ctx.say(f"LOGIN {auth.username} ********")
-        response = await self._watch(protocol.login(auth.username, auth.password.reveal()))
+        response = await self.watch(protocol.login(auth.username, auth.password.reveal()))
         self._heard(response)
         if response.result != "OK":
             temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
@@ -143,7 +143,7 @@ class ImapSession:
         protocol = self.protocol
         assert protocol is not None
         self.ctx.say(f"SELECT {mailbox}")
-        response = await self._watch(protocol.select(mailbox))
+        response = await self.watch(protocol.select(mailbox))
         self._heard(response)
         if response.result != "OK":
             raise ProbeError("select", "protocol", f"SELECT {mailbox} {response.result}: {_text(response)}")
@@ -152,7 +152,7 @@ class ImapSession:
         protocol = self.protocol
         assert protocol is not None
         self.ctx.say("LOGOUT")
-        response = await self._watch(protocol.logout())
+        response = await self.watch(protocol.logout())
         self._heard(response)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from monitor.net import open_socket
 from monitor.result import ProbeContext
 from monitor.tls import client_context
 
-__all__ = ["probe", "smtp_session"]
+__all__ = ["probe", "quit_session", "record_reply", "smtp_session"]
 
 # Preference order among the mechanisms a server advertises; PLAIN needs one round trip.
 _MECHANISMS = ("plain", "login")
@@ -23,7 +23,8 @@ _MECHANISMS = ("plain", "login")
 _AUTH_REJECTED = frozenset({535, 534, 538})
 
 
-def _record(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
+def record_reply(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
+    """Keep the reply as the last code/text seen and put it in the transcript."""
     ctx.smtp_code = response.code
     ctx.smtp_reply = f"{response.code} {response.message}"
     for line in response.message.splitlines() or [""]:
@@ -31,7 +32,7 @@ def _record(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
 
 
 def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *codes: int) -> None:
-    _record(ctx, response)
+    record_reply(ctx, response)
     if response.code not in codes:
         raise ProbeError(stage, reply_reason(response.code), f"{response.code} {response.message}",
                          smtp_code=response.code)
@@ -91,7 +92,7 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             except aiosmtplib.SMTPResponseException as exc:
                 raise ProbeError("tls", reply_reason(exc.code), f"STARTTLS refused: {exc.code} {exc.message}",
                                  smtp_code=exc.code) from exc
-            _record(ctx, response)
+            record_reply(ctx, response)
             ctx.step("ehlo_tls")
             ctx.say(f"EHLO {helo}")
             _expect(ctx, await client.ehlo(), "ehlo", 250)
@@ -120,14 +121,14 @@ async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Targ
         ctx.smtp_code, ctx.smtp_reply = exc.code, f"{exc.code} {exc.message}"
         reason = "auth_rejected" if exc.code in _AUTH_REJECTED else reply_reason(exc.code)
         raise ProbeError("auth", reason, f"{exc.code} {exc.message}", smtp_code=exc.code) from exc
-    _record(ctx, response)
+    record_reply(ctx, response)
 
 
 async def quit_session(ctx: ProbeContext, client: aiosmtplib.SMTP) -> None:
     ctx.step("quit")
     ctx.say("QUIT")
     try:
-        _record(ctx, await client.quit())
+        record_reply(ctx, await client.quit())
     finally:
         client.close()
 

@@ -1,0 +1,364 @@
+"""Reading probe messages back: over IMAP (poll, then IDLE) and POP3 (UIDL/TOP), finding, deleting, sweeping.
+
+Both readers share one contract. `open()` logs in and records what is already there; `poll()` looks once
+for the probe message among what arrived since; `wait_push()` waits cheaply for news; `delete()` removes
+exactly the message found; `sweep()` removes the monitor's own stale probe messages. They touch nothing
+else: IMAP reads headers with BODY.PEEK (no \\Seen), deletes by UID with UID EXPUNGE (never a plain
+EXPUNGE, which would also expunge other messages someone marked \\Deleted); POP3 reads headers with TOP and
+marks with DELE only the message it proved to be ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from typing import ClassVar, Protocol
+
+from monitor.config import CheckSettings, Target
+from monitor.errors import ProbeError
+from monitor.probe_message import HEADER, ProbeHeader, verify
+from monitor.probes.imap import ImapSession
+from monitor.probes.pop3 import Pop3Session
+from monitor.result import ProbeContext
+
+__all__ = ["Found", "ImapReadback", "Pop3Readback", "Readback", "SweepReport", "is_stale"]
+
+# A message of another vantage is left alone until this long after its own deadline: it may still be in
+# flight for that monitor, whose clock may also differ from ours.
+OTHER_VANTAGE_GRACE_MS = 10 * 60 * 1000
+_IDLE_SLICE = 25.0
+_POP3_SLOW_POLL = 1.0
+_KNOWN_CACHE_LIMIT = 100_000
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_FETCH_UID = re.compile(rb"UID (\d+)")
+_LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
+
+
+@dataclass
+class Found:
+    """A probe message located in a mailbox: where, what it says, and when the poll that saw it returned."""
+
+    ref: str
+    header: ProbeHeader
+    seen_at: float
+    folder: str
+
+
+@dataclass
+class SweepReport:
+    deleted: int = 0
+    late: list[ProbeHeader] = field(default_factory=list)
+
+
+def is_stale(header: ProbeHeader, vantage: str, now_ms: int) -> bool:
+    """True when a verified probe message may be deleted by the sweeper of `vantage`.
+
+    Our own messages are stale once their deadline passed (no round trip of ours waits for them any more).
+    Another vantage's messages get a grace period on top, so a monitor never removes a message that a
+    peer sharing the mailbox is still waiting for.
+    """
+    if header.vantage == vantage:
+        return now_ms > header.deadline_ms
+    return now_ms > header.deadline_ms + OTHER_VANTAGE_GRACE_MS
+
+
+def _probe_header(raw: bytes | bytearray) -> str | None:
+    """The X-Mailmon-Probe value of a header block, or None when absent or present more than once."""
+    values = BytesHeaderParser().parsebytes(bytes(raw)).get_all(HEADER) or []
+    return str(values[0]) if len(values) == 1 else None
+
+
+class Readback(Protocol):
+    async def open(self) -> None: ...
+    async def poll(self, probe_id: str) -> Found | None: ...
+    async def wait_push(self, timeout: float) -> None: ...
+    async def delete(self, found: Found) -> None: ...
+    async def find_in_junk(self, probe_id: str) -> str | None: ...
+    async def sweep(self, vantage: str, now_ms: int) -> SweepReport: ...
+    def close(self) -> None: ...
+
+
+class ImapReadback:
+    """IMAP reader: one session, INBOX selected; new mail found by UID range, IDLE for the long tail."""
+
+    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes) -> None:
+        self.ctx = ctx
+        self.check = check
+        self.key = key
+        self.session = ImapSession(ctx, target, check)
+        self.next_uid = 1
+        self.folder = check.mailbox
+
+    async def open(self) -> None:
+        self.session.close()
+        self.session = ImapSession(self.ctx, self.session.target, self.check)
+        await self.session.open()
+        await self._select(self.check.mailbox)
+        if "UIDPLUS" not in self._protocol.capabilities:
+            # Without UID EXPUNGE, deleting our message would expunge every message flagged \Deleted.
+            raise ProbeError("fetch", "protocol", "the server lacks UIDPLUS: probe messages could not be "
+                                                  "deleted safely")
+
+    @property
+    def _protocol(self):  # type: ignore[no-untyped-def]
+        assert self.session.protocol is not None
+        return self.session.protocol
+
+    async def _select(self, folder: str) -> None:
+        response = await self.session.watch(self._protocol.select(folder))
+        if response.result != "OK":
+            raise ProbeError("fetch", "protocol", f"SELECT {folder} failed: {response.result}")
+        self.folder = folder
+        for line in response.lines:
+            match = _UIDNEXT.search(line) if isinstance(line, bytes) else None
+            if match:
+                self.next_uid = int(match.group(1))
+
+    async def _search(self, *criteria: str) -> list[int]:
+        response = await self.session.watch(self._protocol.search(*criteria, charset=None, by_uid=True))
+        if response.result != "OK":
+            raise ProbeError("fetch", "protocol", f"UID SEARCH failed: {response.result}")
+        uids: list[int] = []
+        for line in response.lines[:-1]:
+            if isinstance(line, bytes):
+                uids.extend(int(word) for word in line.split() if word.isdigit())
+        return uids
+
+    async def _headers(self, uids: list[int]) -> dict[int, str | None]:
+        """The probe header of each message, fetched with BODY.PEEK so nothing gets marked \\Seen."""
+        if not uids:
+            return {}
+        uid_set = ",".join(str(uid) for uid in sorted(uids))
+        response = await self.session.watch(self._protocol.fetch(
+            uid_set, f"(UID BODY.PEEK[HEADER.FIELDS ({HEADER.upper()})])", by_uid=True))
+        if response.result != "OK":
+            raise ProbeError("fetch", "protocol", f"UID FETCH failed: {response.result}")
+        headers: dict[int, str | None] = {}
+        current: int | None = None
+        for line in response.lines:
+            if isinstance(line, bytes):
+                match = _FETCH_UID.search(line)
+                current = int(match.group(1)) if match and b"FETCH" in line else current
+            elif current is not None:
+                headers[current] = _probe_header(line)
+        return headers
+
+    async def poll(self, probe_id: str) -> Found | None:
+        uids = [uid for uid in await self._search("UID", f"{self.next_uid}:*") if uid >= self.next_uid]
+        seen_at = time.perf_counter()
+        if not uids:
+            return None
+        self.next_uid = max(uids) + 1
+        for uid, value in (await self._headers(uids)).items():
+            header = verify(self.key, value) if value else None
+            if header is not None and header.probe_id == probe_id:
+                return Found(ref=str(uid), header=header, seen_at=seen_at, folder=self.folder)
+        return None
+
+    async def wait_push(self, timeout: float) -> None:
+        """IDLE until the server reports new mail or `timeout` passes; a plain sleep without IDLE."""
+        protocol = self._protocol
+        if "IDLE" not in protocol.capabilities:
+            await asyncio.sleep(min(timeout, _POP3_SLOW_POLL))
+            return
+        self.ctx.say("IDLE")
+        idle = asyncio.ensure_future(protocol.idle())
+        acknowledged = asyncio.ensure_future(protocol.wait_for_idle_response())
+        try:
+            await self.session.watch(asyncio.wait({idle, acknowledged}, return_when=asyncio.FIRST_COMPLETED))
+            if not protocol.has_pending_idle_command():
+                raise ProbeError("fetch", "protocol", "the server refused IDLE")
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(timeout, _IDLE_SLICE)
+            while (left := until - loop.time()) > 0:
+                try:
+                    lines = await self.session.watch(asyncio.wait_for(protocol.idle_queue.get(), left))
+                except TimeoutError:
+                    break
+                # Dovecot sends "* OK Still here" to keep IDLE alive; only EXISTS means new mail.
+                if any(isinstance(line, bytes) and line.endswith(b"EXISTS") for line in lines):
+                    break
+        finally:
+            acknowledged.cancel()
+            if protocol.has_pending_idle_command():
+                protocol.idle_done()
+        await self.session.watch(idle)
+
+    async def delete(self, found: Found) -> None:
+        """Delete exactly the found message, by UID, in the folder it was found in."""
+        protocol = self._protocol
+        if self.folder != found.folder:
+            await self._select(found.folder)
+        self.ctx.say(f"UID STORE {found.ref} +FLAGS.SILENT (\\Deleted)")
+        stored = await self.session.watch(protocol.store(found.ref, "+FLAGS.SILENT", "(\\Deleted)", by_uid=True))
+        if stored.result != "OK":
+            raise ProbeError("cleanup", "protocol", f"UID STORE {found.ref} failed: {stored.result}")
+        self.ctx.say(f"UID EXPUNGE {found.ref}")
+        expunged = await self.session.watch(protocol.expunge(found.ref, by_uid=True))
+        if expunged.result != "OK":
+            raise ProbeError("cleanup", "protocol", f"UID EXPUNGE {found.ref} failed: {expunged.result}")
+
+    async def _folders(self) -> list[str]:
+        """Configured junk folders that exist, plus any folder the server marks \\Junk (RFC 6154)."""
+        response = await self.session.watch(self._protocol.simple_command("LIST", '""', '"*"'))
+        wanted = {name.lower() for name in self.check.junk_folders}
+        found: list[str] = []
+        for line in response.lines[:-1]:
+            match = _LIST_LINE.match(line) if isinstance(line, bytes) else None
+            if match is None:
+                continue
+            name = match["name"].decode("utf-8", "replace").strip()
+            if name.startswith('"') and name.endswith('"'):
+                name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            if (name.lower() in wanted or b"\\junk" in match["flags"].lower()) and name != self.check.mailbox:
+                found.append(name)
+        return found
+
+    async def find_in_junk(self, probe_id: str) -> str | None:
+        """The junk folder holding the probe message (which is then deleted there), or None."""
+        for folder in await self._folders():
+            await self._select(folder)
+            uids = await self._search("HEADER", HEADER, f'"id={probe_id}"')
+            for uid, value in (await self._headers(uids)).items():
+                header = verify(self.key, value) if value else None
+                if header is not None and header.probe_id == probe_id:
+                    await self.delete(Found(str(uid), header, time.perf_counter(), folder))
+                    return folder
+        return None
+
+    async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
+        report = SweepReport()
+        for folder in [self.check.mailbox, *await self._folders()]:
+            await self._select(folder)
+            uids = await self._search("HEADER", HEADER, '"v1 id="')
+            for uid, value in (await self._headers(uids)).items():
+                header = verify(self.key, value) if value else None
+                if header is None or not is_stale(header, vantage, now_ms):
+                    continue  # not provably ours, or still in flight: never touched
+                await self.delete(Found(str(uid), header, time.perf_counter(), folder))
+                report.deleted += 1
+                if header.vantage == vantage:
+                    report.late.append(header)
+        return report
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Pop3Readback:
+    """POP3 reader: a POP3 session sees the mailbox as it was at login, so each poll is a fresh login."""
+
+    # UIDLs known not to be probe messages, per (server, user): the sweeper then TOPs only new messages.
+    _known_plain: ClassVar[dict[tuple[str, int, str], set[str]]] = {}
+
+    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.check = check
+        self.key = key
+        self.baseline: set[str] = set()
+        self.session: Pop3Session | None = None
+        user = target.auth.username if target.auth else ""
+        self._known = self._known_plain.setdefault((target.host, check.port, user), set())
+
+    async def _login(self, ctx: ProbeContext) -> tuple[Pop3Session, float, dict[str, int]]:
+        session = Pop3Session(ctx, self.target, self.check)
+        try:
+            await session.open()
+            logged_in = time.perf_counter()  # the maildrop snapshot is taken at login
+            await session.command("UIDL", "fetch")
+            listing = {}
+            for line in await session.multiline("fetch"):
+                number, _, uidl = line.partition(" ")
+                if number.isdigit() and uidl:
+                    listing[uidl.strip()] = int(number)
+        except BaseException:
+            session.close()
+            raise
+        return session, logged_in, listing
+
+    async def open(self) -> None:
+        session, _, listing = await self._login(self.ctx)
+        try:
+            self.baseline = set(listing)
+            await session.quit()
+        finally:
+            session.close()
+
+    async def _top(self, session: Pop3Session, number: int) -> str | None:
+        """The probe header of message `number`; None when it has none or was expunged meanwhile."""
+        try:
+            await session.command(f"TOP {number} 0", "fetch")
+        except ProbeError:
+            # Another session (an IMAP reader, a peer monitor) removed it after our login: not ours to judge.
+            return None
+        lines = await session.multiline("fetch", max_lines=10_000)
+        return _probe_header("\r\n".join(lines).encode("utf-8", "replace") + b"\r\n\r\n")
+
+    async def poll(self, probe_id: str) -> Found | None:
+        session, seen_at, listing = await self._login(ProbeContext())
+        keep_open = False
+        try:
+            for uidl, number in listing.items():
+                if uidl in self.baseline:
+                    continue
+                value = await self._top(session, number)
+                header = verify(self.key, value) if value else None
+                if header is not None and header.probe_id == probe_id:
+                    self.session, keep_open = session, True
+                    return Found(ref=f"{number} {uidl}", header=header, seen_at=seen_at, folder="INBOX")
+                self.baseline.add(uidl)
+            await session.quit()
+            return None
+        finally:
+            if not keep_open:
+                session.close()
+
+    async def wait_push(self, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, _POP3_SLOW_POLL))
+
+    async def delete(self, found: Found) -> None:
+        """DELE the found message in the session that found it, and QUIT to commit exactly that deletion."""
+        session = self.session
+        assert session is not None
+        number = found.ref.split(" ", 1)[0]
+        try:
+            await session.command(f"DELE {number}", "cleanup")
+            await session.command("QUIT", "cleanup", rejected="protocol")
+        finally:
+            session.close()
+            self.session = None
+
+    async def find_in_junk(self, probe_id: str) -> str | None:
+        return None  # POP3 sees only the inbox
+
+    async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
+        report = SweepReport()
+        session, _, listing = await self._login(ProbeContext())
+        try:
+            for uidl, number in listing.items():
+                if uidl in self._known:
+                    continue
+                value = await self._top(session, number)
+                header = verify(self.key, value) if value else None
+                if header is None:
+                    if len(self._known) < _KNOWN_CACHE_LIMIT:
+                        self._known.add(uidl)
+                    continue
+                if is_stale(header, vantage, now_ms):
+                    await session.command(f"DELE {number}", "cleanup")
+                    report.deleted += 1
+                    if header.vantage == vantage:
+                        report.late.append(header)
+            await session.command("QUIT", "cleanup", rejected="protocol")
+        finally:
+            session.close()
+        return report
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None

@@ -1,0 +1,203 @@
+"""The `roundtrip` check: submit a signed probe message over SMTP and find it again over IMAP or POP3.
+
+Order of work: open the read-back session first (so it is ready and knows what was already in the
+mailbox), submit, then look for the message. Right after the server accepts the message we poll with
+short, growing intervals (Dovecot delays IDLE notifications by 0.5 s on purpose, so IDLE alone would
+report most deliveries half a second late), then switch to IDLE (IMAP) or slow polls (POP3) for the
+long tail. The latency reported is from the final `250` of DATA to the poll that saw the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiosmtplib
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from monitor.config import CheckSettings, Secret, Target
+from monitor.errors import ProbeError, classify
+from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
+from monitor.probes.smtp import quit_session, record_reply, smtp_session
+from monitor.result import ProbeContext
+
+__all__ = ["RoundTrip"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9]+)", re.IGNORECASE)
+# Fast polling right after acceptance: 5 ms, growing by 15 % a poll, at most 250 ms apart, for 5 s.
+_FAST_WINDOW = 5.0
+_FAST_FIRST = 0.005
+_FAST_GROWTH = 1.15
+_FAST_MAX = 0.25
+# Time kept back from the deadline to look in junk folders, delete the message and sweep.
+_RESERVE_MAX = 5.0
+_RESERVE_SHARE = 0.2
+# Reasons worth another try when opening the read-back session; never used for the submission.
+_TRANSIENT = frozenset({"reset", "refused", "unreachable"})
+
+
+def _transient(exc: BaseException) -> bool:
+    return not isinstance(exc, ProbeError) and classify(exc, "fetch")[1] in _TRANSIENT
+
+
+class RoundTrip:
+    """The round-trip probe; one instance per monitor, holding the probe key and the late/sweep reporters."""
+
+    def __init__(self, key: Secret, vantage: str,
+                 on_late: Callable[[str, str, int], None] = lambda target, via, n: None,
+                 on_swept: Callable[[str, int], None] = lambda target, n: None) -> None:
+        self.key = key
+        self.vantage = vantage
+        self.on_late = on_late
+        self.on_swept = on_swept
+
+    def reader(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> Readback:
+        key = self.key.reveal().encode()
+        if check.via == "imap":
+            return ImapReadback(ctx, target, check, key)
+        return Pop3Readback(ctx, target, check, key)
+
+    async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+        submission = target.settings("smtp")
+        assert submission is not None and check.via is not None and check.recipient is not None
+        started = time.perf_counter()
+        reserve = min(_RESERVE_MAX, check.timeout * _RESERVE_SHARE)
+        give_up = started + check.timeout - reserve
+
+        reader_ctx = ProbeContext()
+        reader = self.reader(reader_ctx, target, check)
+        ctx.step("readback_open")
+        try:
+            await self._open(reader)
+            ctx.note(f"{check.via} read-back session ready")
+            # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
+            header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
+                               max(0.0, give_up - time.perf_counter()))
+            accepted_at = await self._submit(ctx, target, submission, check, header)
+            ctx.step("delivery")
+            found = await self._wait(reader, header, give_up)
+            if found is None:
+                folder = await self._readback(reader.find_in_junk(header.probe_id))
+                if folder is not None:
+                    raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
+                raise ProbeError("delivery", "not_delivered",
+                                 f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not visible "
+                                 f"over {check.via} after {time.perf_counter() - accepted_at:.1f}s")
+            ctx.step("cleanup")
+            # The step clock ran from after QUIT; the latency is from acceptance to the poll that saw it.
+            ctx.phases["delivery"] = max(0.0, found.seen_at - accepted_at)
+            ctx.note(f"visible over {check.via} after {ctx.phases['delivery'] * 1000:.1f} ms")
+            await self._readback(reader.delete(found), stage="cleanup")
+            ctx.step("sweep")
+            await self._sweep(reader, target)
+        finally:
+            reader.close()
+            ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
+
+    async def _open(self, reader: Readback) -> None:
+        """Log in for the read-back, retrying only connection-level hiccups (never the submission)."""
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(3), reraise=True,
+                                               wait=wait_exponential(multiplier=0.1, max=1.0),
+                                               retry=retry_if_exception(_transient)):
+                with attempt:
+                    await reader.open()
+        except ProbeError as exc:
+            if exc.stage in ("auth", "tls") or exc.stage == "fetch":
+                raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
+            raise ProbeError("fetch", exc.reason, f"read-back {exc.stage}: {exc.detail}") from exc
+        except Exception as exc:
+            raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
+
+    async def _readback(self, awaitable: Awaitable[T], stage: str = "fetch") -> T:
+        """Await a read-back step, reporting its failure under `stage` (the submission already succeeded)."""
+        try:
+            return await awaitable
+        except ProbeError as exc:
+            raise ProbeError(stage, exc.reason, f"read-back: {exc.detail}") from exc
+        except Exception as exc:
+            raise ProbeError(stage, classify(exc, stage)[1], f"read-back: {exc}") from exc
+
+    async def _submit(self, ctx: ProbeContext, target: Target, submission: CheckSettings, check: CheckSettings,
+                      header: ProbeHeader) -> float:
+        """Send the probe message; returns when the server accepted it (perf_counter time)."""
+        assert check.recipient is not None
+        message, message_id = build_message(header, check.sender or check.recipient, check.recipient)
+        ctx.message_id = message_id
+        client = await smtp_session(ctx, target, submission)
+        try:
+            ctx.step("mail_from")
+            ctx.say(f"MAIL FROM:<{check.sender}>")
+            record_reply(ctx, await client.mail(check.sender or check.recipient))
+            ctx.step("rcpt")
+            ctx.say(f"RCPT TO:<{check.recipient}>")
+            record_reply(ctx, await client.rcpt(check.recipient))
+            ctx.step("data")
+            ctx.say(f"DATA ({len(message)} bytes, Message-ID {message_id})")
+            response = await client.data(message)
+            accepted_at = time.perf_counter()
+            record_reply(ctx, response)
+            match = _QUEUE_ID.search(response.message)
+            ctx.queue_id = match.group(1) if match else None
+            await quit_session(ctx, client)
+        except aiosmtplib.SMTPResponseException as exc:
+            record_reply(ctx, aiosmtplib.SMTPResponse(exc.code, exc.message))
+            raise
+        finally:
+            client.close()
+        return accepted_at
+
+    async def _wait(self, reader: Readback, header: ProbeHeader, give_up: float) -> Found | None:
+        """Poll fast right after acceptance, then wait for pushes, until found or `give_up`."""
+        fast_until = min(give_up, time.perf_counter() + _FAST_WINDOW)
+        fast = AsyncRetrying(
+            stop=stop_after_delay(max(0.0, fast_until - time.perf_counter())),
+            wait=wait_exponential(multiplier=_FAST_FIRST, exp_base=_FAST_GROWTH, max=_FAST_MAX),
+            retry=retry_if_result(lambda result: result is None),
+            retry_error_callback=lambda state: None)  # not seen in the fast window: go on below
+        found: Found | None = await fast(self._poll, reader, header.probe_id)
+        if found is not None:
+            return found
+        while (left := give_up - time.perf_counter()) > 0:
+            await self._readback(reader.wait_push(left))
+            found = await self._poll(reader, header.probe_id)
+            if found is not None:
+                return found
+        return None
+
+    async def _poll(self, reader: Readback, probe_id: str) -> Found | None:
+        """One look; a dropped read-back connection is reopened once rather than failing the round trip."""
+        try:
+            return await reader.poll(probe_id)
+        except ConnectionError:
+            await self._open(reader)
+            return await self._readback(reader.poll(probe_id))
+        except ProbeError as exc:
+            raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
+
+    async def _sweep(self, reader: Readback, target: Target) -> None:
+        """Delete our stale probe messages (late arrivals, crash leftovers); never fails the round trip."""
+        try:
+            report: SweepReport = await reader.sweep(self.vantage, int(time.time() * 1000))
+        except Exception as exc:
+            log.warning("sweep of %s failed: %s", target.name, exc)
+            return
+        if report.deleted:
+            self.on_swept(target.name, report.deleted)
+        for late in report.late:
+            if late.target == target.name:
+                self.on_late(target.name, late.via, 1)

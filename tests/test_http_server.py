@@ -1,0 +1,186 @@
+"""The small HTTP server, spoken to over raw sockets on 127.0.0.1: routing, status codes and hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from monitor.web import server as server_module
+from monitor.web.server import HttpServer, Request, Response
+
+seen: list[Request] = []
+
+
+async def hello(request: Request) -> Response:
+    seen.append(request)
+    return Response.text("hello\n")
+
+
+async def echo(request: Request) -> Response:
+    seen.append(request)
+    return Response(body=request.body, content_type="application/octet-stream", headers={"X-Echo": "yes"})
+
+
+async def broken(request: Request) -> Response:
+    raise RuntimeError("handler bug")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[HttpServer]:
+    seen.clear()
+    http = HttpServer({("GET", "/hello"): hello, ("POST", "/echo"): echo, ("GET", "/broken"): broken})
+    await http.start("127.0.0.1", 0)
+    yield http
+    await http.stop()
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw`, then read until the server closes; a reset counts as the end of what was sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+    finally:
+        writer.close()
+
+
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-cased names) and body of one HTTP/1.1 response."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, _reason = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status), headers, body
+
+
+async def test_get_route_returns_200_and_body(server: HttpServer) -> None:
+    """A GET on a known path gets the handler's response, with length, type and Connection: close."""
+    status, headers, body = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert status == 200
+    assert body == b"hello\n"
+    assert headers["content-length"] == "6"
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["connection"] == "close"
+
+
+async def test_query_and_headers_reach_the_handler(server: HttpServer) -> None:
+    """The handler sees the path without the query, the parsed query and lower-cased header names."""
+    await exchange(server.port, b"GET /hello?target=mx1&target=mx2&x= HTTP/1.1\r\nX-Thing:  v \r\n\r\n")
+    [request] = seen
+    assert (request.method, request.path) == ("GET", "/hello")
+    assert request.query == {"target": ["mx1", "mx2"]}
+    assert request.headers == {"x-thing": "v"}
+
+
+async def test_post_body_reaches_the_handler(server: HttpServer) -> None:
+    """A POST body of Content-Length bytes is read and passed on; handler headers are sent."""
+    raw = b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde"
+    status, headers, body = parse(await exchange(server.port, raw))
+    assert (status, body) == (200, b"abcde")
+    assert headers["x-echo"] == "yes"
+    assert headers["content-type"] == "application/octet-stream"
+
+
+async def test_head_sends_headers_without_body(server: HttpServer) -> None:
+    """HEAD is served by the GET handler, with the GET length but no body."""
+    status, headers, body = parse(await exchange(server.port, b"HEAD /hello HTTP/1.1\r\n\r\n"))
+    assert (status, headers["content-length"], body) == (200, "6", b"")
+
+
+async def test_unknown_path_is_404(server: HttpServer) -> None:
+    """A path no route serves gets 404."""
+    status, _, body = parse(await exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n"))
+    assert (status, body) == (404, b"not found\n")
+    assert seen == []
+
+
+async def test_wrong_method_is_405_with_allow(server: HttpServer) -> None:
+    """A known path with a method it does not serve gets 405 and the Allow header."""
+    status, headers, _ = parse(await exchange(server.port, b"DELETE /hello HTTP/1.1\r\n\r\n"))
+    assert status == 405
+    assert headers["allow"] == "GET"
+    status, headers, _ = parse(await exchange(server.port, b"GET /echo HTTP/1.1\r\n\r\n"))
+    assert (status, headers["allow"]) == (405, "POST")
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /hello\r\n\r\n",
+    b"GET /hello HTTP/1.1 extra\r\n\r\n",
+    b"GET /hello FTP/1.0\r\n\r\n",
+    b"GET /hello HTTP/1.1\r\nno colon here\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nContent-Length: many\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nContent-Length: 70000\r\n\r\n",
+], ids=["no-spaces", "no-version", "four-parts", "not-http", "header-without-colon", "length-not-a-number",
+        "negative-length", "body-too-large"])
+async def test_malformed_request_is_400(server: HttpServer, raw: bytes) -> None:
+    """A request the server cannot parse or will not accept gets 400 and reaches no handler."""
+    status, _, body = parse(await exchange(server.port, raw))
+    assert (status, body) == (400, b"bad request\n")
+    assert seen == []
+
+
+async def test_oversized_head_is_refused_and_server_survives(server: HttpServer) -> None:
+    """A request head beyond the limit gets 400 or a closed connection, and the next request is served."""
+    raw = b"GET /hello HTTP/1.1\r\nX-Big: " + b"a" * (64 * 1024) + b"\r\n\r\n"
+    response = await exchange(server.port, raw)
+    if response:
+        assert parse(response)[0] == 400
+    assert seen == []
+    status, _, body = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\n\r\n"))
+    assert (status, body) == (200, b"hello\n")
+
+
+async def test_handler_error_is_500_and_server_survives(server: HttpServer) -> None:
+    """A handler that raises gives 500; the server keeps serving."""
+    status, _, body = parse(await exchange(server.port, b"GET /broken HTTP/1.1\r\n\r\n"))
+    assert (status, body) == (500, b"internal error\n")
+    status, _, _ = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\n\r\n"))
+    assert status == 200
+
+
+async def test_client_leaving_mid_request_does_not_hurt(server: HttpServer) -> None:
+    """A client that sends half a request and disconnects gets nothing, and later clients are served."""
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly part")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    status, _, _ = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\n\r\n"))
+    assert status == 200
+    assert [r.path for r in seen] == ["/hello"]
+
+
+async def test_slow_client_gets_400_after_the_read_timeout(server: HttpServer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that never finishes its request head is answered 400 once the read timeout passes."""
+    monkeypatch.setattr(server_module, "_READ_TIMEOUT", 0.1)
+    status, _, _ = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\nHost: x\r\n"))
+    assert status == 400
+    assert seen == []
+
+
+async def test_concurrent_clients_are_all_served(server: HttpServer) -> None:
+    """Many clients at once each get their own complete response."""
+    responses = await asyncio.gather(*(exchange(server.port, b"GET /hello HTTP/1.1\r\n\r\n") for _ in range(50)))
+    assert [(parse(r)[0], parse(r)[2]) for r in responses] == [(200, b"hello\n")] * 50
+
+
+async def test_stop_closes_the_listening_socket() -> None:
+    """After stop() the port no longer accepts connections."""
+    http = HttpServer({("GET", "/hello"): hello})
+    await http.start("127.0.0.1", 0)
+    port = http.port
+    await http.stop()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)

@@ -1,0 +1,211 @@
+"""Round trips through the real lab: delivered, held (not delivered, then late), junk, and never touching other mail."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probes import PROBES
+from monitor.probes.roundtrip import RoundTrip
+from monitor.result import Result
+from monitor.runner import Runner
+from tests import mailbox
+from tests.conftest import Lab
+
+pytestmark = pytest.mark.lab
+
+KEY = Secret("test-probe-key-0123456789abcdef")
+
+
+def roundtrip_target(lab: Lab, timeout: float = 20.0, name: str = "lab") -> Target:
+    """The lab as a target with SMTP submission, IMAP and POP3 blocks and round trips over both."""
+    smtp = CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=10.0)
+    imap = CheckSettings(name="imap", port=993, tls_mode="implicit", interval=60.0, timeout=10.0)
+    pop3 = CheckSettings(name="pop3", port=995, tls_mode="implicit", interval=60.0, timeout=10.0)
+    trips = tuple(CheckSettings(name="roundtrip", port=c.port, tls_mode=c.tls_mode, interval=60.0, timeout=timeout,
+                                via=c.name, recipient=lab.user, sender=lab.user, junk_folders=DEFAULT_JUNK_FOLDERS)
+                  for c in (imap, pop3))
+    return Target(name=name, host=lab.host, tls=TlsSettings(ca_file=lab.ca, server_name=lab.server_name),
+                  auth=Auth(lab.user, Secret(lab.password)), checks=(smtp, imap, pop3, *trips))
+
+
+class Counts:
+    """Collects what the probe reports through its late/sweep hooks."""
+
+    def __init__(self) -> None:
+        self.late: list[tuple[str, str, int]] = []
+        self.swept: list[tuple[str, int]] = []
+
+
+def runner(vantage: str = "test", counts: Counts | None = None) -> Runner:
+    counts = counts or Counts()
+    trip = RoundTrip(KEY, vantage, on_late=lambda t, v, n: counts.late.append((t, v, n)),
+                     on_swept=lambda t, n: counts.swept.append((t, n)))
+    return Runner(vantage, probes={**PROBES, "roundtrip": trip})
+
+
+def via(target: Target, protocol: str) -> CheckSettings:
+    return next(c for c in target.checks if c.via == protocol)
+
+
+def probe_messages(lab: Lab) -> list[mailbox.Message]:
+    return [m for m in mailbox.snapshot(lab).values() if m.probe_header]
+
+
+@pytest.fixture
+def clean_inbox(lab: Lab) -> Iterator[None]:
+    """Each test starts from an empty probe inbox with Postfix not holding mail."""
+    lab.control("hold", "off")
+    mailbox.clear(lab)
+    yield
+    lab.control("hold", "off")
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_round_trip_delivers_and_cleans_up(lab: Lab, clean_inbox: None, protocol: str) -> None:
+    """A round trip submits, finds the message, measures a plausible latency, and leaves nothing behind."""
+    target = roundtrip_target(lab)
+    result = await runner().execute(target, via(target, protocol))
+    assert result.ok, f"{result.stage}/{result.reason}: {result.detail}\n" + "\n".join(result.transcript)
+    assert result.via == protocol
+    assert 0 < result.phases["delivery"] < 5.0
+    assert result.queue_id and result.message_id and result.message_id.endswith("@mailmon.invalid>")
+    assert result.smtp_code == 221
+    assert probe_messages(lab) == []
+
+
+async def test_imap_long_tail_uses_idle(lab: Lab, clean_inbox: None) -> None:
+    """A message released after the fast-poll window is noticed through IDLE and timed from acceptance."""
+    target = roundtrip_target(lab, timeout=20.0)
+    lab.control("hold", "on")
+    task = asyncio.create_task(runner().execute(target, via(target, "imap")))
+    await asyncio.sleep(7.0)  # past the 5 s fast-poll window
+    await asyncio.to_thread(lab.control, "hold", "off")
+    result = await task
+    assert result.ok, result.detail
+    assert any(line.strip() == "C: IDLE" for line in result.transcript)
+    assert 7.0 <= result.phases["delivery"] < 16.0
+    assert probe_messages(lab) == []
+
+
+async def test_held_mail_is_not_delivered_then_late_and_cleaned(lab: Lab, clean_inbox: None) -> None:
+    """Accepted but held: delivery/not_delivered at the deadline; once released it is counted late and swept."""
+    target = roundtrip_target(lab, timeout=6.0)
+    counts = Counts()
+    lab.control("hold", "on")
+    held = await runner(counts=counts).execute(target, via(target, "imap"))
+    assert (held.stage, held.reason) == ("delivery", "not_delivered")
+    assert held.queue_id is not None and held.queue_id in held.detail
+    assert held.duration_seconds < 6.0 + 1.0
+    lab.control("hold", "off")
+    await _wait_until(lambda: len(probe_messages(lab)) == 1, "the released message to arrive")
+    await _past_signed_deadline(held)
+    after = await runner(counts=counts).execute(target, via(target, "imap"))
+    assert after.ok, after.detail
+    assert counts.late == [("lab", "imap", 1)]
+    assert counts.swept == [("lab", 1)]
+    assert probe_messages(lab) == []
+
+
+async def test_pop3_sweeper_also_counts_late(lab: Lab, clean_inbox: None) -> None:
+    """The POP3 read-back sweeps a late probe message too, and counts it under its own via."""
+    target = roundtrip_target(lab, timeout=6.0)
+    counts = Counts()
+    lab.control("hold", "on")
+    held = await runner(counts=counts).execute(target, via(target, "pop3"))
+    assert (held.stage, held.reason) == ("delivery", "not_delivered")
+    lab.control("hold", "off")
+    await _wait_until(lambda: len(probe_messages(lab)) == 1, "the released message to arrive")
+    await _past_signed_deadline(held)
+    assert (await runner(counts=counts).execute(target, via(target, "pop3"))).ok
+    assert counts.late == [("lab", "pop3", 1)]
+    assert probe_messages(lab) == []
+
+
+async def test_message_in_junk_folder_is_its_own_outcome(lab: Lab, clean_inbox: None) -> None:
+    """A probe message that lands in Junk (here: put there directly) is reported as delivery/junk and deleted."""
+    mailbox.create_folder(lab, "Junk")
+    mailbox.clear(lab, "Junk")
+    target = roundtrip_target(lab, timeout=6.0)
+    check = via(target, "imap")
+    lab.control("hold", "on")  # the submitted copy stays in the queue; a signed copy sits in Junk
+    trip = RoundTrip(KEY, "test")
+    seen: list[ProbeHeader] = []
+    original = trip._submit
+
+    async def submit_and_file_in_junk(ctx, target, submission, check, header):  # type: ignore[no-untyped-def]
+        seen.append(header)
+        raw, _ = build_message(header, lab.user, lab.user)
+        await asyncio.to_thread(mailbox.append, lab, raw, "", "Junk")
+        return await original(ctx, target, submission, check, header)
+
+    trip._submit = submit_and_file_in_junk  # type: ignore[method-assign]
+    result = await Runner("test", probes={**PROBES, "roundtrip": trip}).execute(target, check)
+    assert (result.stage, result.reason) == ("delivery", "junk"), result.detail
+    assert "Junk" in result.detail
+    assert [m for m in mailbox.snapshot(lab, "Junk").values() if m.probe_header] == []
+    assert len(seen) == 1
+
+
+async def _past_signed_deadline(result: Result) -> None:
+    """Wait until the run that gave up on a message is surely past the deadline signed into it."""
+    await asyncio.sleep(max(0.0, result.started_at + result.duration_seconds + 0.1 - time.time()))
+
+
+async def _wait_until(predicate, what: str, limit: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not await asyncio.to_thread(predicate):
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def _ordinary_mail(rng: random.Random, index: int) -> tuple[bytes, str]:
+    """One pre-existing message: plain, or a look-alike probe whose signature does not verify."""
+    flags = rng.choice(["", "\\Seen", "\\Flagged", "\\Seen \\Flagged", "\\Answered"])
+    if index % 10 == 0:
+        # Shaped exactly like ours, ours by vantage and long past its deadline, signed with another key.
+        fake = new_probe(b"some-other-key-entirely", "test", "lab", rng.choice(["imap", "pop3"]), 1.0, now=1.0)
+        raw, _ = build_message(fake, "someone@lab.test", "probe@lab.test")
+        return raw, flags
+    if index % 10 == 1:
+        forged = ("v1 id=" + "ab" * 16 + " vantage=test target=lab via=imap sent=1 deadline=2 mac=" + "0" * 64)
+        return (f"From: x@lab.test\r\nSubject: look-alike {index}\r\nX-Mailmon-Probe: {forged}\r\n\r\nhi\r\n"
+                .encode(), flags)
+    return (f"From: person{index}@lab.test\r\nTo: probe@lab.test\r\nSubject: ordinary {index}\r\n"
+            f"Message-ID: <ordinary-{index}@lab.test>\r\n\r\nBody {index}\r\n".encode(), flags)
+
+
+async def test_other_mail_is_never_touched(lab: Lab, clean_inbox: None) -> None:
+    """500 ordinary and look-alike messages keep their UIDs and flags through 200 round trips; no probe is left."""
+    rng = random.Random(20261128)
+    mailbox.append_many(lab, [_ordinary_mail(rng, i) for i in range(500)])
+    before = mailbox.snapshot(lab)
+    assert len(before) == 500
+    target = roundtrip_target(lab)
+    run = runner()
+    results: list[Result] = []
+    for index in range(200):
+        results.append(await run.execute(target, via(target, "imap" if index % 2 == 0 else "pop3")))
+    failures = [f"{r.via}: {r.stage}/{r.reason} {r.detail}" for r in results if not r.ok]
+    assert failures == []
+    after = mailbox.snapshot(lab)
+    assert after == before
+
+
+async def test_two_vantages_sharing_a_mailbox_never_take_each_others_messages(lab: Lab, clean_inbox: None) -> None:
+    """Two monitors with the same key and mailbox, running at once, each find their own message every time."""
+    target = roundtrip_target(lab)
+    east, west = runner("east"), runner("west")
+    for _ in range(10):
+        results = await asyncio.gather(
+            east.execute(target, via(target, "imap")), west.execute(target, via(target, "imap")),
+            east.execute(target, via(target, "pop3")), west.execute(target, via(target, "pop3")))
+        assert [r.ok for r in results] == [True] * 4, [f"{r.vantage}/{r.via}: {r.detail}" for r in results]
+    assert probe_messages(lab) == []
