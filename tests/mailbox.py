@@ -44,7 +44,8 @@ def snapshot(lab: Lab, folder: str = "INBOX") -> dict[int, Message]:
                 continue
             flags = frozenset(f for f in match.group(2).decode().split() if f != "\\Recent")
             header = item[1].decode().partition(":")[2].strip() or None
-            messages[int(match.group(1))] = Message(int(match.group(1)), flags, " ".join(header.split()) if header else None)
+            uid = int(match.group(1))
+            messages[uid] = Message(uid, flags, " ".join(header.split()) if header else None)
         return messages
     finally:
         client.logout()
