@@ -1,0 +1,159 @@
+"""The local verdict: one word per target saying where the fault is, from the latest result of each check.
+
+Rules are tried in order, first match wins (docs/verdicts.md has the table and the reasoning):
+
+| # | verdict | when |
+|---|---------|------|
+| 1 | vantage_fault | this vantage's own selfcheck fails: its other failures say nothing about the server |
+| 2 | unknown | no check of the target has finished yet |
+| 3 | unreachable | every check fails at the network or service level, on both the send and receive side |
+| 4 | smtp_down | every send-side check fails at the network/service level, and the receive side (if any) passes |
+| 5 | receive_down | every receive-side check fails at the network/service level, and the send side (if any) passes |
+| 6 | tls_problem | some check fails in TLS (untrusted, misnamed or expired certificate, handshake) |
+| 7 | auth_failed | some check's credentials are rejected |
+| 8 | delivery_stalled | a submission was accepted but the message was not delivered by the deadline |
+| 9 | degraded | any other failure (partial, junk folder, cleanup), or some check is slow |
+| 10 | ok | everything passes in good time |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from monitor.result import Result
+
+__all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "side_of"]
+
+VERDICTS = (
+    "ok", "smtp_down", "receive_down", "unreachable", "delivery_stalled", "auth_failed", "tls_problem",
+    "degraded", "vantage_fault", "unknown",
+)
+
+# Steps of a round trip that belong to the submission (the SMTP dialogue) rather than to the read-back.
+_SUBMISSION_STAGES = frozenset({"dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt",
+                                "data", "quit"})
+# A check slower than this share of its timeout makes the target `degraded`.
+SLOW_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one result means for the verdict: which side of the mail flow, and what kind of failure."""
+
+    side: str          # send | receive | delivery
+    kind: str | None   # None when ok; else network | service | tls | auth | delivery | junk | other
+    slow: bool = False
+
+
+def side_of(result: Result) -> str:
+    """send (SMTP), receive (IMAP/POP3 reading) or delivery (the wait between them)."""
+    if result.check == "smtp":
+        return "send"
+    if result.check in ("imap", "pop3"):
+        return "receive"
+    if result.ok or result.stage in ("delivery", "cleanup"):
+        return "delivery"
+    return "receive" if result.stage == "fetch" else "send"
+
+
+def classify_result(result: Result, timeout: float | None = None) -> Outcome:
+    """The verdict-relevant reading of one result."""
+    side = side_of(result)
+    slow = timeout is not None and result.duration_seconds > timeout * SLOW_SHARE
+    if result.ok:
+        return Outcome(side, None, slow)
+    stage, reason = result.stage, result.reason
+    if reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
+        kind = "tls"
+    elif reason == "auth_rejected":
+        kind = "auth"
+    elif reason == "not_delivered":
+        kind = "delivery"
+    elif reason == "junk":
+        kind = "junk"
+    elif stage in ("dns", "connect") or (stage == "fetch" and reason in ("refused", "unreachable", "timeout")):
+        kind = "network"
+    elif stage in ("greeting", "ehlo") or reason in ("timeout", "reset", "reply_4xx", "reply_5xx"):
+        # The service is there but does not do its job: no greeting, drops us, or refuses the session.
+        kind = "service"
+    else:
+        kind = "other"
+    return Outcome(side, kind, slow)
+
+
+def _down(outcomes: list[Outcome]) -> bool:
+    return bool(outcomes) and all(o.kind in ("network", "service") for o in outcomes)
+
+
+def _up(outcomes: list[Outcome]) -> bool:
+    return all(o.kind is None for o in outcomes)
+
+
+def decide(outcomes: Iterable[Outcome], vantage_healthy: bool = True) -> str:
+    """Apply the rule table to the outcomes of a target's checks at one vantage."""
+    if not vantage_healthy:
+        return "vantage_fault"
+    items = list(outcomes)
+    if not items:
+        return "unknown"
+    send = [o for o in items if o.side == "send"]
+    receive = [o for o in items if o.side == "receive"]
+    if send and receive and _down(send) and _down(receive):
+        return "unreachable"
+    if _down(send) and _up(receive):
+        return "smtp_down"
+    if _down(receive) and _up(send):
+        return "receive_down"
+    kinds = {o.kind for o in items}
+    if "tls" in kinds:
+        return "tls_problem"
+    if "auth" in kinds:
+        return "auth_failed"
+    if "delivery" in kinds:
+        return "delivery_stalled"
+    if kinds != {None} or any(o.slow for o in items):
+        return "degraded"
+    return "ok"
+
+
+class VerdictBoard:
+    """Keeps the latest result of every check per target and the verdict that follows from them."""
+
+    def __init__(self, timeouts: dict[tuple[str, str], float] | None = None) -> None:
+        self._results: dict[str, dict[str, Result]] = {}
+        self._verdicts: dict[str, str] = {}
+        self._timeouts = timeouts or {}
+        self.vantage_healthy = True
+
+    def reset(self, targets: dict[str, set[str]], timeouts: dict[tuple[str, str], float]) -> None:
+        """Follow a (re)loaded configuration: `targets` maps each target to its check keys."""
+        self._timeouts = timeouts
+        self._results = {name: {key: r for key, r in self._results.get(name, {}).items() if key in keys}
+                         for name, keys in targets.items()}
+        self._verdicts = {name: self._decide(name) for name in targets}
+
+    def record(self, result: Result) -> str:
+        """Store one result and return its target's verdict after it."""
+        key = f"{result.check}:{result.via}" if result.via else result.check
+        self._results.setdefault(result.target, {})[key] = result
+        verdict = self._decide(result.target)
+        self._verdicts[result.target] = verdict
+        return verdict
+
+    def set_vantage_health(self, healthy: bool) -> dict[str, str]:
+        """Record the selfcheck outcome; returns every target's verdict after it."""
+        self.vantage_healthy = healthy
+        self._verdicts = {name: self._decide(name) for name in self._results}
+        return dict(self._verdicts)
+
+    def verdict(self, target: str) -> str:
+        return self._verdicts.get(target, "unknown")
+
+    def results(self, target: str) -> list[Result]:
+        return list(self._results.get(target, {}).values())
+
+    def _decide(self, target: str) -> str:
+        outcomes = [classify_result(r, self._timeouts.get((target, key)))
+                    for key, r in self._results.get(target, {}).items()]
+        return decide(outcomes, self.vantage_healthy)
