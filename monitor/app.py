@@ -10,18 +10,24 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitor import config as config_module
-from monitor.config import Config, ConfigError, Target
+from monitor import selfcheck
+from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.logs import log_result
 from monitor.metrics import Metrics
 from monitor.probes import Probe, probes_for
+from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
+from monitor.verdict import VerdictBoard
 from monitor.web.server import HttpServer, Request, Response
 
 __all__ = ["App"]
 
 log = logging.getLogger(__name__)
 
+# The pseudo-target name under which the vantage's selfcheck appears in logs and history.
+SELFCHECK_TARGET = "_vantage"
+_SELFCHECK_DEBOUNCE = 1.0
 _MIN_SPREAD = 5.0
 _SPREAD_PER_CHECK = 0.01
 
@@ -36,8 +42,11 @@ class App:
         self.listen = listen or config.listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage)
-        self.runner = Runner(config.vantage, sinks=[self.metrics.record, log_result], probes=self._probes(config))
+        self.board = VerdictBoard()
+        self.runner = Runner(config.vantage, sinks=[self._on_result], probes=self._probes(config))
         self.scheduler: Scheduler | None = None
+        self._selfcheck_task: asyncio.Task[None] | None = None
+        self._selfcheck_now = asyncio.Event()
         self.http = HttpServer({
             ("GET", "/metrics"): self._metrics,
             ("GET", "/-/healthy"): self._healthy,
@@ -56,14 +65,19 @@ class App:
         spread = max(_MIN_SPREAD, checks * _SPREAD_PER_CHECK)
         self.scheduler = Scheduler(self.runner.run, self.config.concurrency, on_skip=self.metrics.record_skip,
                                    on_lag=self.metrics.record_lag, spread=spread)
+        self._follow(self.config)
         for target in self.config.targets:
             self.metrics.add_target(target)
             self.scheduler.add(target)
+        self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
         self.metrics.record_reload(True, time.time())
         log.info("mailmon started", extra={"fields": {"vantage": self.config.vantage, "listen": self.listen,
                                                       "targets": len(self.config.targets)}})
 
     async def stop(self) -> None:
+        if self._selfcheck_task is not None:
+            self._selfcheck_task.cancel()
+            await asyncio.gather(self._selfcheck_task, return_exceptions=True)
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.http.stop()
@@ -86,12 +100,58 @@ class App:
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
 
+    def _on_result(self, result: Result) -> None:
+        """Every check result: verdict first (history and logs carry it), then metrics and the log."""
+        verdict = self.board.record(result)
+        self.metrics.record(result)
+        self.metrics.set_verdict(result.target, verdict)
+        log_result(result)
+        if result.stage == "dns":
+            # A name that stopped resolving may be this vantage's resolver: ask the selfcheck now, so the
+            # verdict says vantage_fault within seconds rather than blaming the server until its next run.
+            self._selfcheck_now.set()
+
+    def _follow(self, config: Config) -> None:
+        """Point the verdict board at the configured targets and their checks' timeouts."""
+        self.board.reset({t.name: {c.key for c in t.checks} for t in config.targets},
+                         {(t.name, c.key): c.timeout for t in config.targets for c in t.checks})
+
+    async def _selfcheck_loop(self) -> None:
+        while True:
+            await self.run_selfcheck()
+            try:
+                await asyncio.wait_for(self._selfcheck_now.wait(), self.config.selfcheck.interval)
+                await asyncio.sleep(_SELFCHECK_DEBOUNCE)
+            except TimeoutError:
+                pass
+            self._selfcheck_now.clear()
+
+    async def run_selfcheck(self) -> Result:
+        """Check this vantage's own health once and let every target's verdict follow it."""
+        settings = self.config.selfcheck
+        config = self.config
+
+        async def selfcheck_probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+            await selfcheck.probe(ctx, config, settings)
+
+        check = CheckSettings(name="selfcheck", port=0, tls_mode="none", interval=settings.interval,
+                              timeout=settings.timeout)
+        target = Target(name=SELFCHECK_TARGET, host="", tls=TlsSettings(), auth=None, checks=(check,))
+        result = await Runner(config.vantage, probes={"selfcheck": selfcheck_probe}).execute(target, check)
+        self.metrics.record_selfcheck(result)
+        if not result.ok:
+            log_result(result)
+        for name, verdict in self.board.set_vantage_health(result.ok).items():
+            self.metrics.set_verdict(name, verdict)
+        return result
+
     def _probes(self, config: Config) -> dict[str, Probe]:
         return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)
 
     async def _apply(self, new: Config) -> None:
         assert self.scheduler is not None
         self.runner.probes = self._probes(new)
+        self._follow(new)
         old: dict[str, Target] = {t.name: t for t in self.config.targets}
         fresh: dict[str, Target] = {t.name: t for t in new.targets}
         for name, target in old.items():

@@ -7,6 +7,7 @@ keys are errors rather than silently ignored typos.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -148,6 +149,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class SelfcheckSettings:
+    """The vantage's own health check: names to resolve, an optional TCP reference endpoint."""
+
+    interval: float = 30.0
+    timeout: float = 5.0
+    resolve: tuple[str, ...] = ()
+    reference: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     vantage: str
     listen: str
@@ -158,6 +169,7 @@ class Config:
     source: str = ""
     # Signs probe messages (HMAC) so that only messages this monitor family sent are ever deleted.
     probe_key: Secret | None = None
+    selfcheck: SelfcheckSettings = field(default_factory=SelfcheckSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -521,7 +533,8 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
-    entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "targets"))
+    entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "selfcheck",
+                                        "targets"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -568,8 +581,50 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                                           "secret of at least 16 characters that signs probe messages")
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
+    selfcheck = _load_selfcheck(reader, entries["selfcheck"][1] if "selfcheck" in entries else None, interval,
+                                targets)
+    if reader.problems:
+        raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
-                  targets=tuple(targets), source=source, probe_key=probe_key)
+                  targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck)
+
+
+_SELFCHECK_INTERVAL = 30.0
+_SELFCHECK_TIMEOUT = 5.0
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_selfcheck(reader: _Reader, node: yaml.Node | None, interval: float,
+                    targets: list[Target]) -> SelfcheckSettings:
+    """The vantage's own health check; on by default, resolving the target host names the probes need."""
+    entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    if node is not None and not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+        entries = reader.mapping(node, "selfcheck", ("interval", "timeout", "resolve", "reference"))
+    # Never slower than the checks it vouches for: a broken vantage must show before its failures mislead.
+    check_interval = _get(reader, entries, "interval", "selfcheck", reader.duration,
+                          min(interval, _SELFCHECK_INTERVAL))
+    check_timeout = _get(reader, entries, "timeout", "selfcheck", reader.duration,
+                         min(_SELFCHECK_TIMEOUT, check_interval))
+    _check_timing(reader, entries, "selfcheck", check_interval, check_timeout)
+    names = tuple(dict.fromkeys(t.host for t in targets if not _is_address(t.host)))
+    resolve = _get(reader, entries, "resolve", "selfcheck", reader.string_list, names)
+    reference: tuple[str, int] | None = None
+    if "reference" in entries:
+        text = reader.string(entries["reference"][1], "selfcheck.reference")
+        if text is not None:
+            try:
+                reference = parse_listen(text)
+            except ValueError:
+                reader.problem(entries["reference"][1], "selfcheck.reference",
+                               f"{text!r} is not HOST:PORT (a TCP endpoint this vantage should always reach)")
+    return SelfcheckSettings(interval=check_interval, timeout=check_timeout, resolve=resolve, reference=reference)
 
 
 _MIN_KEY_LENGTH = 16

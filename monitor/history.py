@@ -697,14 +697,20 @@ class History:
             self._wake.wait(self.flush_interval)
 
     def _take(self) -> list[tuple[int, dict[str, Any]]]:
-        """Up to batch_rows / batch_bytes queued results, converted to rows (outside the lock)."""
+        """Up to batch_rows / batch_bytes queued results, converted to rows (outside the lock).
+
+        The queue is popped in one go (per-item locking would hand the lock and the GIL back and forth with a
+        busy submitter); what does not fit the byte budget goes back to the front of the queue.
+        """
+        want = max(1, min(self.batch_rows, int(self.batch_bytes / max(200.0, self._avg_row_bytes)) + 1))
+        with self._lock:
+            items = [self._pending.popleft() for _ in range(min(want, len(self._pending)))]
         batch: list[tuple[int, dict[str, Any]]] = []
         size = 0
-        while len(batch) < self.batch_rows and size < self.batch_bytes:
-            with self._lock:
-                if not self._pending:
-                    break
-                seq, result, verdict = self._pending.popleft()
+        for index, (seq, result, verdict) in enumerate(items):
+            if size >= self.batch_bytes:
+                self._put_back(items[index:])
+                break
             try:
                 row = row_from_result(result, verdict)
             except Exception:
@@ -715,9 +721,16 @@ class History:
                 continue
             row_size = _row_bytes(row)
             size += row_size
-            self._avg_row_bytes = 0.98 * self._avg_row_bytes + 0.02 * row_size
+            self._avg_row_bytes = 0.95 * self._avg_row_bytes + 0.05 * row_size
             batch.append((seq, row))
         return batch
+
+    def _put_back(self, items: list[tuple[int, Result, str | None]]) -> None:
+        with self._lock:
+            self._pending.extendleft(reversed(items))
+            while len(self._pending) > self.queue_size:  # submits filled the queue meanwhile: drop the oldest
+                self._pending.popleft()
+                self.dropped += 1
 
     def _write(self, conn: sqlite3.Connection, batch: list[tuple[int, dict[str, Any]]]) -> bool:
         rows = [row for _, row in batch]

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from monitor import __version__
 from monitor.config import CheckSettings, Target
 from monitor.result import PHASE_STAGE, Result
+from monitor.verdict import VERDICTS
 
 __all__ = ["Metrics", "expected_phases", "possible_failures"]
 
@@ -122,6 +123,23 @@ class Metrics:
         self.swept = Counter("mailmon_roundtrip_swept_total",
                              "Stale probe messages (late arrivals, leftovers) the sweeper deleted.",
                              ("vantage", "target"), registry=registry)
+        self.verdict = Gauge("mailmon_verdict",
+                             "Where the fault is for the target, seen from this vantage: one series per verdict, "
+                             "1 for the current one (state set).", ("vantage", "target", "verdict"), registry=registry)
+        self.selfcheck = Gauge("mailmon_selfcheck_success",
+                               "1 if this vantage's own resolver, routes and reference endpoint work, else 0.",
+                               ("vantage",), registry=registry)
+        self.selfcheck_failures = Counter("mailmon_selfcheck_failures_total",
+                                          "Failed selfchecks of this vantage, by stage and reason.",
+                                          ("vantage", "stage", "reason"), registry=registry)
+        self.selfcheck_last = Gauge("mailmon_selfcheck_last_attempt_timestamp_seconds",
+                                    "Unix time of the last selfcheck (0: never).", ("vantage",), registry=registry)
+        # Healthy until shown otherwise: a vantage is not blamed before its first selfcheck.
+        self.selfcheck.labels(vantage).set(1)
+        self.selfcheck_last.labels(vantage)
+        for stage, reason in (("dns", "unreachable"), ("dns", "timeout"), ("connect", "unreachable"),
+                              ("connect", "refused"), ("connect", "timeout"), ("dns", "internal")):
+            self.selfcheck_failures.labels(vantage, stage, reason)
         self.lag = Histogram("mailmon_scheduler_lag_seconds",
                              "Delay between when a run was due and when it started (concurrency limit, load).",
                              ("vantage",), registry=registry,
@@ -138,6 +156,7 @@ class Metrics:
 
     def add_target(self, target: Target) -> None:
         """Create every series of the target's checks, so they exist before the first run."""
+        self.set_verdict(target.name, "unknown")
         for check in target.checks:
             labels = (self.vantage, target.name, check.name, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
@@ -158,6 +177,8 @@ class Metrics:
 
     def remove_target(self, target: Target) -> None:
         """Drop the target's series (it left the configuration)."""
+        for verdict in VERDICTS:
+            _remove(self.verdict, (self.vantage, target.name, verdict))
         for check in target.checks:
             labels = (self.vantage, target.name, check.name, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
@@ -198,6 +219,18 @@ class Metrics:
             self.cert_expiry.labels(*labels).set(result.tls.cert_not_after)
         if result.via and result.ok and "delivery" in result.phases:
             self.roundtrip.labels(self.vantage, result.target, result.via).observe(result.phases["delivery"])
+
+    def set_verdict(self, target: str, current: str) -> None:
+        """Exactly one verdict series of the target reads 1."""
+        for verdict in VERDICTS:
+            self.verdict.labels(self.vantage, target, verdict).set(1 if verdict == current else 0)
+
+    def record_selfcheck(self, result: Result) -> None:
+        self.selfcheck.labels(self.vantage).set(1 if result.ok else 0)
+        self.selfcheck_last.labels(self.vantage).set(result.started_at)
+        if not result.ok:
+            assert result.stage is not None and result.reason is not None
+            self.selfcheck_failures.labels(self.vantage, result.stage, result.reason).inc()
 
     def record_skip(self, target: str, check: CheckSettings) -> None:
         self.skipped.labels(self.vantage, target, check.name, check.via or "").inc()

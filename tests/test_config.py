@@ -75,7 +75,7 @@ INVALID = [
      ["{file}: the file is empty"]),
     ("invalid-yaml-top-level-list.yml",
      ["{file}:1: the top level must be a mapping with keys vantage, listen, defaults, concurrency, probe_key, "
-      "targets"]),
+      "selfcheck, targets"]),
     ("invalid-smtp-mail-from-without-rcpt-to.yml",
      ["{file}:6: targets[0].smtp: mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)"]),
     ("invalid-many-problems.yml",
@@ -195,7 +195,8 @@ def test_only_unknown_top_level_keys_still_reports_what_is_missing() -> None:
     with pytest.raises(ConfigError) as caught:
         load_text("vantge: test\n", "c.yml")
     assert caught.value.problems == [
-        "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, targets)",
+        "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, selfcheck, "
+        "targets)",
         "c.yml:1: vantage: is required (it labels every series of this monitor)",
         "c.yml:1: targets: is required: list at least one target",
     ]

@@ -1,0 +1,62 @@
+"""The vantage's own health: can this prober resolve names, route to its targets, reach a reference endpoint?
+
+When this fails, the verdict for every target here is `vantage_fault`: a prober that cannot resolve or
+route must never report the mail server as down. The checks send no traffic to the mail servers: a route
+is checked by connecting a UDP socket (which only asks the kernel for a route), names by the system
+resolver (the one the probes use), the optional reference endpoint by a TCP connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from monitor.config import Config, SelfcheckSettings
+from monitor.errors import ProbeError
+from monitor.result import ProbeContext
+
+__all__ = ["probe"]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) -> None:
+    """Raise a ProbeError naming the first thing this vantage cannot do."""
+    loop = asyncio.get_running_loop()
+    ctx.step("dns")
+    for name in settings.resolve:
+        ctx.say(f"resolve {name}")
+        try:
+            await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ProbeError("dns", "unreachable", f"this vantage cannot resolve {name}: {exc.strerror}") from exc
+    ctx.step("route")
+    addresses = {t.host for t in config.targets if _is_address(t.host)}
+    if settings.reference is not None and _is_address(settings.reference[0]):
+        addresses.add(settings.reference[0])
+    for address in sorted(addresses):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.connect((address, 9))  # UDP connect sends nothing: it only asks the kernel for a route
+            except OSError as exc:
+                raise ProbeError("connect", "unreachable", f"this vantage has no route to {address}: "
+                                                           f"{exc.strerror}") from exc
+    if settings.reference is not None:
+        ctx.step("connect")
+        host, port = settings.reference
+        ctx.say(f"connect {host}:{port}")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            reason = "refused" if isinstance(exc, ConnectionRefusedError) else "unreachable"
+            stage = "dns" if isinstance(exc, socket.gaierror) else "connect"
+            raise ProbeError(stage, reason, f"this vantage cannot reach its reference {host}:{port}: {exc}") from exc
+        writer.close()
