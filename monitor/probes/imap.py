@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import TypeVar
 
 from aioimaplib import aioimaplib
@@ -26,23 +26,86 @@ __all__ = ["ImapSession", "probe"]
 T = TypeVar("T")
 # RFC 5530 response codes that make a NO temporary rather than a verdict on the credentials.
 _TEMPORARY = re.compile(rb"\[(UNAVAILABLE|SERVERBUG|INUSE|LIMIT)\]", re.IGNORECASE)
+# A hostile server must not make us buffer without bound: one response line (a literal does not count)
+# and everything received in answer to one command are capped. Real answers are far below both.
+_LINE_LIMIT = 256 * 1024
+_RESPONSE_LIMIT = 32 * 1024 * 1024
+# aioimaplib parses the lines of one `data_received` call recursively, one stack frame per line: a few
+# thousand short lines in one read (a big SELECT, a chatty server) would raise RecursionError. We feed it
+# at most this many lines per call.
+_LINES_PER_CALL = 200
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """`data` cut after every `_LINES_PER_CALL`-th CRLF (any cut is fine: TCP cuts anywhere too)."""
+    start = 0
+    while start < len(data):
+        end = start
+        for _ in range(_LINES_PER_CALL):
+            end = data.find(b"\r\n", end)
+            if end < 0:
+                yield data[start:]
+                return
+            end += 2
+        yield data[start:end]
+        start = end
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol, plus futures for the greeting and for the connection going away."""
+    """aioimaplib's protocol, plus futures for the greeting and for the connection going away.
+
+    `lost` is done when the connection is unusable: the server closed it, or it broke the protocol in a
+    way the library cannot go on from (then `violation` says how, and we abort the connection).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
         self.greeting: asyncio.Future[bytes] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
+        self.violation: str | None = None
+        self._received = 0
 
     async def welcome(self, command: bytes) -> None:
-        if not self.greeting.done():
-            self.greeting.set_result(command)
+        if self.greeting.done():
+            return  # more lines before the library left the CONNECTED state: the first one was the greeting
+        self.greeting.set_result(command)
         # Only a positive greeting goes on to the library's handling (which asks for CAPABILITY);
         # a BYE is ours to report, not an exception lost in a background task.
         if command.startswith((b"* OK", b"* PREAUTH")):
-            await super().welcome(command)
+            try:
+                await super().welcome(command)
+            except Exception as exc:  # e.g. a CAPABILITY without IMAP4rev1: the library gives up here
+                self.violated(f"after the greeting: {type(exc).__name__}: {exc}")
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        self._received = 0
+        super().send(line, scrub=scrub)
+
+    def data_received(self, d: bytes) -> None:
+        if self.violation is not None:
+            return
+        self._received += len(d)
+        if self._received > _RESPONSE_LIMIT:
+            self.violated(f"more than {_RESPONSE_LIMIT} bytes in answer to one command")
+            return
+        try:
+            for piece in _pieces(d):
+                super().data_received(piece)
+        except Exception as exc:  # the library's parser gave up (say, a tagged reply to no command of ours)
+            self.violated(f"unexpected response: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        if len(self.incomplete_line) > _LINE_LIMIT:
+            self.violated(f"response line longer than {_LINE_LIMIT} bytes")
+
+    def violated(self, why: str) -> None:
+        """The server broke the protocol: remember how, and drop the connection."""
+        if self.violation is None:
+            self.violation = why
+        self.incomplete_line = b""
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -60,7 +123,8 @@ class ImapSession:
         self.protocol: _Protocol | None = None
 
     async def watch(self, awaitable: Awaitable[T]) -> T:
-        """Await a library call, but fail as `reset` as soon as the server closes the connection."""
+        """Await a library call, but fail as soon as the connection is gone: `reset` when the server closed
+        it, `protocol` when it broke the protocol."""
         assert self.protocol is not None
         task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
         lost: asyncio.Future[None] = self.protocol.lost
@@ -72,6 +136,8 @@ class ImapSession:
         if task in done:
             return task.result()
         task.cancel()
+        if self.protocol.violation is not None:
+            raise ProbeError(self.ctx.stage, "protocol", self.protocol.violation)
         raise ConnectionResetError("the server closed the connection")
 
     async def open(self) -> None:
@@ -96,6 +162,12 @@ class ImapSession:
             ctx.step("greeting")
         greeting = await self.watch(protocol.greeting)
         ctx.heard(greeting.decode(errors="replace"))
+        if greeting.startswith(b"* BYE"):
+            # RFC 3501 7.1.5: the server refuses this client, like an SMTP 554 (or 421, when it says why
+            # with a temporary RFC 5530 code): the server answered, so this is not a protocol error.
+            reason = "reply_4xx" if _TEMPORARY.search(greeting) else "reply_5xx"
+            text = greeting[:300].decode(errors="replace")
+            raise ProbeError("greeting", reason, f"the server refused the session: {text}")
         if not greeting.startswith((b"* OK", b"* PREAUTH")):
             raise ProbeError("greeting", "protocol", f"not an IMAP greeting: {greeting[:200]!r}")
         ctx.step("capability")

@@ -29,7 +29,8 @@ __all__ = ["Found", "ImapReadback", "Pop3Readback", "Readback", "SweepReport", "
 # A message of another vantage is left alone until this long after its own deadline: it may still be in
 # flight for that monitor, whose clock may also differ from ours.
 OTHER_VANTAGE_GRACE_MS = 10 * 60 * 1000
-_IDLE_SLICE = 25.0
+# IDLE is re-entered at least this often, bounding the cost of a notification lost in a race.
+_IDLE_SLICE = 10.0
 _POP3_SLOW_POLL = 1.0
 _KNOWN_CACHE_LIMIT = 100_000
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
@@ -91,6 +92,9 @@ class ImapReadback:
         self.session = ImapSession(ctx, target, check)
         self.next_uid = 1
         self.folder = check.mailbox
+        # Set when the server reported new mail (EXISTS) inside another command's response: IDLE would not
+        # report it again, so the next wait must not block.
+        self.news = False
 
     async def open(self) -> None:
         self.session.close()
@@ -123,8 +127,15 @@ class ImapReadback:
             raise ProbeError("fetch", "protocol", f"UID SEARCH failed: {response.result}")
         uids: list[int] = []
         for line in response.lines[:-1]:
-            if isinstance(line, bytes):
-                uids.extend(int(word) for word in line.split() if word.isdigit())
+            if not isinstance(line, bytes):
+                continue
+            words = line.split()
+            # aioimaplib hands over the SEARCH result without its "SEARCH" word, mixed with any untagged
+            # news (`12 EXISTS`, `1 RECENT`): only an all-number line is the result.
+            if words and all(word.isdigit() for word in words):
+                uids.extend(int(word) for word in words)
+            elif line.endswith(b"EXISTS"):
+                self.news = True
         return uids
 
     async def _headers(self, uids: list[int]) -> dict[int, str | None]:
@@ -147,6 +158,7 @@ class ImapReadback:
         return headers
 
     async def poll(self, probe_id: str) -> Found | None:
+        self.news = False
         uids = [uid for uid in await self._search("UID", f"{self.next_uid}:*") if uid >= self.next_uid]
         seen_at = time.perf_counter()
         if not uids:
@@ -161,6 +173,8 @@ class ImapReadback:
     async def wait_push(self, timeout: float) -> None:
         """IDLE until the server reports new mail or `timeout` passes; a plain sleep without IDLE."""
         protocol = self._protocol
+        if self.news:
+            return  # mail arrived during the last poll's SEARCH: look again instead of idling
         if "IDLE" not in protocol.capabilities:
             await asyncio.sleep(min(timeout, _POP3_SLOW_POLL))
             return
