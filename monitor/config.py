@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import yaml
@@ -123,11 +123,21 @@ class CheckSettings:
     recipient: str | None = None
     sender: str | None = None
     junk_folders: tuple[str, ...] = ()
+    # SMTP client profile only: the kind of client this check imitates (TLS versions, AUTH mechanism).
+    profile: str | None = None
+    tls_min: str | None = None
+    tls_max: str | None = None
+    auth_mechanism: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The `check` label: `smtp`, `imap`, ..., or `smtp:<profile>` for an SMTP client profile."""
+        return f"{self.name}:{self.profile}" if self.profile else self.name
 
     @property
     def key(self) -> str:
-        """Unique among a target's checks: `smtp`, or `roundtrip:imap` for a round trip read back over IMAP."""
-        return f"{self.name}:{self.via}" if self.via else self.name
+        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP."""
+        return f"{self.label}:{self.via}" if self.via else self.label
 
 
 @dataclass(frozen=True)
@@ -397,12 +407,56 @@ _CHECK_KEYS = {
     "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox"),
     "pop3": ("port", "tls", "interval", "timeout", "auth"),
 }
+_PROFILE_KEYS = ("name", "tls_min", "tls_max", "auth_mechanism", *_CHECK_KEYS["smtp"])
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+AUTH_MECHANISMS = ("plain", "login")
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+def _load_profiles(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
+                   has_auth: bool) -> list[CheckSettings]:
+    """SMTP client profiles: each an extra `smtp:<name>` check imitating one kind of mail client."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        reader.problem(node, path, "must be a non-empty list of profiles ({name, port, tls, tls_min, tls_max, "
+                                   "auth_mechanism})")
+        return []
+    profiles: list[CheckSettings] = []
+    for index, item in enumerate(node.value):
+        where = f"{path}[{index}]"
+        entries = reader.mapping(item, where, _PROFILE_KEYS)
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        name = _get(reader, entries, "name", where,
+                    lambda n, p: reader.string(n, p, _PROFILE_NAME, "a profile name (lower-case letters, digits, _ -)"),
+                    None)
+        if "name" not in entries:
+            reader.problem(item, where, "name is required (it becomes the check label smtp:<name>)")
+        elif name is not None and any(p.profile == name for p in profiles):
+            reader.problem(entries["name"][1], f"{where}.name", f"duplicate profile name {name!r}")
+            name = None
+        versions = [_get(reader, entries, key, where, lambda n, p: reader.choice(n, p, TLS_VERSIONS), None)
+                    for key in ("tls_min", "tls_max")]
+        if None not in versions and TLS_VERSIONS.index(versions[0]) > TLS_VERSIONS.index(versions[1]):
+            reader.problem(item, where, f"tls_min {versions[0]} is above tls_max {versions[1]}")
+        mechanism = _get(reader, entries, "auth_mechanism", where,
+                         lambda n, p: reader.choice(n, p, AUTH_MECHANISMS), None)
+        plain = {key: value for key, value in entries.items() if key in _CHECK_KEYS["smtp"]}
+        check = _load_check(reader, "smtp", item, where, interval, timeout, has_auth, entries=plain)
+        if check is None or name is None:
+            continue
+        if mechanism is not None and not check.use_auth:
+            reader.problem(entries["auth_mechanism"][1], f"{where}.auth_mechanism", "needs auth (credentials)")
+        profiles.append(replace(check, profile=name, tls_min=versions[0], tls_max=versions[1],
+                                auth_mechanism=mechanism))
+    return profiles
 
 
 def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
-                has_auth: bool) -> CheckSettings | None:
-    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `smtp:` alone turns the check on with defaults
+                has_auth: bool, entries: dict[str, tuple[yaml.Node, yaml.Node]] | None = None) -> CheckSettings | None:
+    if entries is not None:
+        pass  # already read by the caller (a client profile)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        entries = {}  # `smtp:` alone turns the check on with defaults
     else:
         entries = reader.mapping(node, path, _CHECK_KEYS[name])
     tls_mode = _get(reader, entries, "tls", path, lambda n, p: reader.choice(n, p, TLS_MODES), DEFAULT_TLS_MODE[name])
@@ -479,7 +533,8 @@ def _load_roundtrip(reader: _Reader, node: yaml.Node, path: str, interval: float
 
 def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
-    entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES))
+    entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES,
+                                          "smtp_profiles"))
     if not isinstance(node, yaml.MappingNode):
         return None
     for required in ("name", "host"):
@@ -500,11 +555,14 @@ def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, t
                                 interval, timeout, "auth" in entries)
             if check is not None:
                 checks.append(check)
+    if "smtp_profiles" in entries:
+        checks.extend(_load_profiles(reader, entries["smtp_profiles"][1], f"{path}.smtp_profiles", interval, timeout,
+                                     "auth" in entries))
     if "roundtrip" in entries:
-        by_name = {c.name: c for c in checks}
+        by_name = {c.name: c for c in checks if c.profile is None}
         checks.extend(_load_roundtrip(reader, entries["roundtrip"][1], f"{path}.roundtrip", interval, by_name,
                                       auth.username if auth is not None else None))
-    if not any(c in entries for c in CHECK_NAMES):
+    if not any(c in entries for c in (*CHECK_NAMES, "smtp_profiles")):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
     if name is None or host is None:
         return None

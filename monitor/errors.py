@@ -85,9 +85,11 @@ def _reason_of(exc: BaseException) -> str | None:
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     code = getattr(exc, "code", None)
-    if isinstance(code, int) and 400 <= code < 600:
-        # A library's "unexpected reply" error (aiosmtplib's carry `code`); checked before ConnectionError
-        # because aiosmtplib's rejected-banner error is both.
+    if isinstance(code, int) and (400 <= code < 600 or isinstance(getattr(exc, "message", None), str)):
+        # A library's "unexpected reply" error (aiosmtplib's carry `code` and `message`); checked before
+        # ConnectionError because aiosmtplib's rejected-banner error is both. Any other code is a protocol
+        # error: aiosmtplib reports a malformed or oversized reply as code -1, and an EHLO answered with,
+        # say, 220 as that code.
         return reply_reason(code)
     if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
         return "reset"  # after refused: a peer that went away, however the library words it
@@ -124,5 +126,8 @@ def classify(exc: BaseException, stage: str) -> tuple[str, str]:
             return "tls", reason
         if isinstance(link, socket.gaierror):
             return "dns", reason
+        if stage == "tls" and reason == "reset":
+            # A server that rejects a handshake (no common version or cipher) often just drops the connection.
+            return stage, "tls_handshake"
         return stage, reason
     return stage, "internal"

@@ -158,7 +158,7 @@ class Metrics:
         """Create every series of the target's checks, so they exist before the first run."""
         self.set_verdict(target.name, "unknown")
         for check in target.checks:
-            labels = (self.vantage, target.name, check.name, check.via or "")
+            labels = (self.vantage, target.name, check.label, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
                            self.last_success, self.cert_expiry):
                 family.labels(*labels)
@@ -180,7 +180,7 @@ class Metrics:
         for verdict in VERDICTS:
             _remove(self.verdict, (self.vantage, target.name, verdict))
         for check in target.checks:
-            labels = (self.vantage, target.name, check.name, check.via or "")
+            labels = (self.vantage, target.name, check.label, check.via or "")
             for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
                            self.last_success, self.cert_expiry, self.smtp_code):
                 _remove(family, labels)
@@ -233,7 +233,7 @@ class Metrics:
             self.selfcheck_failures.labels(self.vantage, result.stage, result.reason).inc()
 
     def record_skip(self, target: str, check: CheckSettings) -> None:
-        self.skipped.labels(self.vantage, target, check.name, check.via or "").inc()
+        self.skipped.labels(self.vantage, target, check.label, check.via or "").inc()
 
     def record_late(self, target: str, via: str, count: int = 1) -> None:
         self.roundtrip_late.labels(self.vantage, target, via).inc(count)

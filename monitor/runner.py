@@ -83,7 +83,7 @@ class Runner:
         if stage is not None:
             ctx.note(f"failed at {stage}: {reason}: {detail}")
         return Result(
-            target=target.name, check=check.name, vantage=self.vantage, ok=stage is None,
+            target=target.name, check=check.label, vantage=self.vantage, ok=stage is None,
             started_at=started_at, duration_seconds=ctx.elapsed(), phases=dict(ctx.phases),
             stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
             tls=ctx.tls, transcript=ctx.transcript, via=check.via, queue_id=ctx.queue_id, message_id=ctx.message_id,

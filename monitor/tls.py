@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import ssl
+import warnings
 from collections.abc import Callable
 
 from monitor.result import TlsFacts
@@ -43,13 +44,30 @@ def facts_of(tls: ssl.SSLObject | ssl.SSLSocket) -> TlsFacts:
     )
 
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    _VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2,
+                 "1.3": ssl.TLSVersion.TLSv1_3}
+
+
 @functools.lru_cache(maxsize=256)
-def client_context(ca_file: str | None) -> ssl.SSLContext:
+def client_context(ca_file: str | None, tls_min: str | None = None, tls_max: str | None = None) -> ssl.SSLContext:
     """A verifying client context (system store or `ca_file`), shared by every probe that uses it.
 
-    Building a context loads the CA store, which costs milliseconds: cache one per CA file rather than
-    build one per probe. Contexts are not changed after creation, so sharing is safe.
+    Building a context loads the CA store, which costs milliseconds: cache one per CA file (and TLS version
+    range of a client profile) rather than build one per probe. Contexts are not changed after creation,
+    so sharing is safe.
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    with warnings.catch_warnings():
+        # Python deprecates TLS 1.0/1.1; imitating an old client is exactly what a profile is for.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if tls_min is not None:
+            if _VERSIONS[tls_min] < ssl.TLSVersion.TLSv1_2:
+                # Old protocols are only allowed at OpenSSL security level 0.
+                context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = _VERSIONS[tls_min]
+        if tls_max is not None:
+            context.maximum_version = _VERSIONS[tls_max]
     context.sslobject_class = _ObservedSSLObject
     return context

@@ -48,8 +48,8 @@ class Outcome:
 
 def side_of(result: Result) -> str:
     """send (SMTP), receive (IMAP/POP3 reading) or delivery (the wait between them)."""
-    if result.check == "smtp":
-        return "send"
+    if result.check == "smtp" or result.check.startswith("smtp:"):
+        return "send"  # the smtp check and its client profiles
     if result.check in ("imap", "pop3"):
         return "receive"
     if result.ok or result.stage in ("delivery", "cleanup"):

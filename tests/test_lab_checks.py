@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import Lab, free_port, local_target, run_once
@@ -138,3 +143,51 @@ async def test_imap_never_sends_login_in_clear_when_disabled(lab: Lab) -> None:
     result = await run_once(lab.target("imap", "none", port=143))
     assert (result.stage, result.reason) == ("auth", "protocol")
     assert not any(line.startswith("C: LOGIN") for line in result.transcript)
+
+
+@pytest.mark.parametrize(("tls_min", "tls_max", "version"), [("1.2", "1.2", "TLSv1.2"), ("1.3", "1.3", "TLSv1.3")])
+async def test_client_profile_pins_the_tls_version(lab: Lab, tls_min: str, tls_max: str, version: str) -> None:
+    """A client profile limited to one TLS version submits with exactly that version."""
+    target = lab.target("smtp", "starttls", profile="modern", tls_min=tls_min, tls_max=tls_max)
+    result = await run_once(target)
+    assert result.ok, result.detail
+    assert result.check == "smtp:modern"
+    assert result.tls.version == version
+
+
+async def test_client_profile_can_imitate_an_old_client(lab: Lab) -> None:
+    """A TLS 1.1-only client profile really speaks TLS 1.1 (the lab still accepts it)."""
+    result = await run_once(lab.target("smtp", "implicit", profile="legacy", tls_min="1.0", tls_max="1.1"))
+    assert result.ok, result.detail
+    assert (result.check, result.tls.version) == ("smtp:legacy", "TLSv1.1")
+
+
+async def test_client_profile_newer_than_the_server_fails_in_tls(lab: Lab, tmp_path: Path) -> None:
+    """A TLS 1.3-only profile against a server capped at TLS 1.2 fails as tls/tls_handshake, not as an outage."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(Path(lab.ca).with_name("server.pem"), Path(lab.ca).with_name("server.key"))
+    server_context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 tls12-only.test ESMTP\r\n")
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        target = lab.target("smtp", "implicit", port=port, profile="tls13-only", tls_min="1.3", tls_max="1.3")
+        target = replace(target, host="127.0.0.1")
+        result = await run_once(target)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.check, result.stage, result.reason) == ("smtp:tls13-only", "tls", "tls_handshake")
+
+
+async def test_client_profile_uses_its_auth_mechanism(lab: Lab) -> None:
+    """A profile that names AUTH LOGIN authenticates with LOGIN, once."""
+    result = await run_once(lab.target("smtp", "starttls", profile="outlook", auth_mechanism="login"))
+    assert result.ok, result.detail
+    assert [line for line in result.transcript if line.startswith("C: AUTH")] == ["C: AUTH LOGIN ********"]

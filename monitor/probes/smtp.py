@@ -57,7 +57,7 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
     """
     sock = await open_socket(ctx, target.host, check.port)
     implicit = check.tls_mode == "implicit"
-    tls_context = client_context(target.tls.ca_file)
+    tls_context = client_context(target.tls.ca_file, check.tls_min, check.tls_max)
     client = aiosmtplib.SMTP(
         hostname=target.server_name, sock=sock, use_tls=implicit, start_tls=False,
         tls_context=tls_context if implicit else None,
@@ -98,19 +98,20 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             _expect(ctx, await client.ehlo(), "ehlo", 250)
         if check.use_auth and target.auth is not None:
             ctx.step("auth")
-            await _authenticate(ctx, client, target)
+            await _authenticate(ctx, client, target, check.auth_mechanism)
     except BaseException:
         client.close()
         raise
     return client
 
 
-async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Target) -> None:
+async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Target, wanted: str | None) -> None:
     assert target.auth is not None
-    offered = [m for m in _MECHANISMS if m in client.server_auth_methods]
+    offered = [m for m in ((wanted,) if wanted else _MECHANISMS) if m in client.server_auth_methods]
     if not offered:
         raise ProbeError("auth", "protocol",
-                         f"no usable AUTH mechanism offered (server offers: {client.server_auth_methods or 'none'})")
+                         f"no usable AUTH mechanism offered (wanted: {wanted or ' or '.join(_MECHANISMS)}; "
+                         f"server offers: {', '.join(client.server_auth_methods) or 'none'})")
     mechanism = offered[0]
     ctx.say(f"AUTH {mechanism.upper()} ********")
     method = client.auth_plain if mechanism == "plain" else client.auth_login
