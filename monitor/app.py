@@ -20,6 +20,7 @@ from monitor.runner import Runner
 from monitor.scheduler import Scheduler
 from monitor.verdict import VerdictBoard
 from monitor.web.server import HttpServer, Request, Response
+from monitor.web.webconfig import WebConfig
 
 __all__ = ["App"]
 
@@ -36,7 +37,7 @@ class App:
     """A monitor instance. `start()` begins probing and serving; `stop()` ends both and waits."""
 
     def __init__(self, config: Config, listen: str | None = None, registry: CollectorRegistry | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, web: WebConfig | None = None) -> None:
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
@@ -47,19 +48,20 @@ class App:
         self.scheduler: Scheduler | None = None
         self._selfcheck_task: asyncio.Task[None] | None = None
         self._selfcheck_now = asyncio.Event()
+        self.web = web or WebConfig()
         self.http = HttpServer({
             ("GET", "/metrics"): self._metrics,
             ("GET", "/-/healthy"): self._healthy,
             ("GET", "/-/ready"): self._ready,
             ("POST", "/-/reload"): self._reload,
             ("GET", "/"): self._index,
-        })
+        }, authorize=self.web.authorized if self.web.users else None)
         self.stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
         host, port = config_module.parse_listen(self.listen)
-        await self.http.start(host, port)
+        await self.http.start(host, port, tls=self.web.tls)
         checks = sum(len(t.checks) for t in self.config.targets)
         # A few checks start within seconds; thousands spread over their interval (10 ms apart on average).
         spread = max(_MIN_SPREAD, checks * _SPREAD_PER_CHECK)

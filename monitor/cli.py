@@ -12,12 +12,16 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from monitor import __version__
 from monitor import config as config_module
 from monitor.config import Config, ConfigError
 from monitor.logs import setup_logging
 from monitor.result import Result
+
+if TYPE_CHECKING:
+    from monitor.web.webconfig import WebConfig
 
 __all__ = ["main"]
 
@@ -42,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="probe on a schedule and serve /metrics")
     common(run)
     run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, overrides `listen` in the config")
+    run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                     help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")
 
     check = sub.add_parser("check", help="run every check once and report (Nagios exit codes)")
     common(check)
@@ -83,14 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as exc:
                 print(f"mailmon: --listen: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
-        return asyncio.run(_run(config, args.listen, args.config))
+        web = None
+        if args.web_config is not None:
+            from monitor.web.webconfig import load_web_config
+
+            try:
+                web = load_web_config(args.web_config)
+            except ConfigError as exc:
+                print(f"mailmon: web config is not valid ({len(exc.problems)} problem"
+                      f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+                for problem in exc.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                return EXIT_CONFIG
+        return asyncio.run(_run(config, args.listen, args.config, web))
     return asyncio.run(_check(config, args.target, args.check, args.json))
 
 
-async def _run(config: Config, listen: str | None, path: str) -> int:
+async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None) -> int:
     from monitor.app import App
 
-    app = App(config, listen=listen, config_path=path)
+    app = App(config, listen=listen, config_path=path, web=web)
     try:
         await app.start()
     except OSError as exc:

@@ -196,7 +196,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class _Reader:
+class YamlReader:
     """Walks YAML nodes, converting values and collecting every problem with its line."""
 
     def __init__(self, source: str) -> None:
@@ -310,7 +310,7 @@ class _Reader:
         return tuple(item for item in items if item is not None)
 
 
-def _get(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], key: str, path: str,
+def _get(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], key: str, path: str,
          convert: Callable[[yaml.Node, str], T | None], default: T) -> T:
     """The converted value of `key`, or `default` when absent or invalid (the problem is already recorded)."""
     if key not in entries:
@@ -319,7 +319,7 @@ def _get(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], key: 
     return default if value is None else value
 
 
-def _load_tls(reader: _Reader, node: yaml.Node, path: str) -> TlsSettings:
+def _load_tls(reader: YamlReader, node: yaml.Node, path: str) -> TlsSettings:
     entries = reader.mapping(node, path, ("ca_file", "server_name"))
     ca_file = _get(reader, entries, "ca_file", path, reader.string, None)
     if ca_file is not None:
@@ -343,7 +343,7 @@ def _ca_file_problem(ca_file: str) -> str | None:
     return None
 
 
-def _check_timing(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, interval: float,
+def _check_timing(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, interval: float,
                   timeout: float) -> None:
     """Report timeout > interval once, at the level that sets one of them (levels below inherit both)."""
     if timeout <= interval or not ("interval" in entries or "timeout" in entries):
@@ -354,7 +354,7 @@ def _check_timing(reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node
                    f"interval ({format_duration(interval)})")
 
 
-def _load_auth(reader: _Reader, node: yaml.Node, path: str, environ: dict[str, str]) -> Auth | None:
+def _load_auth(reader: YamlReader, node: yaml.Node, path: str, environ: dict[str, str]) -> Auth | None:
     entries = reader.mapping(node, path, ("username", "password_env", "password_file"))
     if not isinstance(node, yaml.MappingNode):
         return None
@@ -373,7 +373,7 @@ def _load_auth(reader: _Reader, node: yaml.Node, path: str, environ: dict[str, s
     return Auth(username=username, password=Secret(password))
 
 
-def _read_secret(reader: _Reader, node: yaml.Node, path: str, source: str, environ: dict[str, str],
+def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, environ: dict[str, str],
                  what: str) -> str | None:
     """A secret from an environment variable (`source` env) or a file; None, with the problem recorded, if unusable."""
     value: str | None = None
@@ -413,7 +413,7 @@ AUTH_MECHANISMS = ("plain", "login")
 _PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
-def _load_profiles(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
+def _load_profiles(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float,
                    has_auth: bool) -> list[CheckSettings]:
     """SMTP client profiles: each an extra `smtp:<name>` check imitating one kind of mail client."""
     if not isinstance(node, yaml.SequenceNode) or not node.value:
@@ -451,7 +451,7 @@ def _load_profiles(reader: _Reader, node: yaml.Node, path: str, interval: float,
     return profiles
 
 
-def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
+def _load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
                 has_auth: bool, entries: dict[str, tuple[yaml.Node, yaml.Node]] | None = None) -> CheckSettings | None:
     if entries is not None:
         pass  # already read by the caller (a client profile)
@@ -489,7 +489,7 @@ def _load_check(reader: _Reader, name: str, node: yaml.Node, path: str, interval
 _ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox")
 
 
-def _load_roundtrip(reader: _Reader, node: yaml.Node, path: str, interval: float,
+def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
                     checks: dict[str, CheckSettings], auth_user: str | None) -> list[CheckSettings]:
     """One CheckSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
@@ -531,7 +531,7 @@ def _load_roundtrip(reader: _Reader, node: yaml.Node, path: str, interval: float
     return result
 
 
-def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, timeout: float,
+def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
     entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES,
                                           "smtp_profiles"))
@@ -572,7 +572,7 @@ def _load_target(reader: _Reader, node: yaml.Node, path: str, interval: float, t
 def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> Config:
     """Build a Config from YAML text; raises ConfigError listing every problem."""
     environ = dict(os.environ) if environ is None else environ
-    reader = _Reader(source)
+    reader = YamlReader(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.reader.ReaderError as exc:
@@ -659,7 +659,7 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _load_selfcheck(reader: _Reader, node: yaml.Node | None, interval: float,
+def _load_selfcheck(reader: YamlReader, node: yaml.Node | None, interval: float,
                     targets: list[Target]) -> SelfcheckSettings:
     """The vantage's own health check; on by default, resolving the target host names the probes need."""
     entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
@@ -688,7 +688,7 @@ def _load_selfcheck(reader: _Reader, node: yaml.Node | None, interval: float,
 _MIN_KEY_LENGTH = 16
 
 
-def _load_probe_key(reader: _Reader, node: yaml.Node, environ: dict[str, str]) -> Secret | None:
+def _load_probe_key(reader: YamlReader, node: yaml.Node, environ: dict[str, str]) -> Secret | None:
     entries = reader.mapping(node, "probe_key", ("file", "env"))
     if len(entries) != 1:
         reader.problem(node, "probe_key", "give exactly one of file or env")

@@ -51,8 +51,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 class HttpServer:
     """Routes `(method, path)` to handlers; serves until `stop()`."""
 
-    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+    def __init__(self, routes: dict[tuple[str, str], Handler],
+                 authorize: Callable[[str | None], Awaitable[bool]] | None = None) -> None:
         self.routes = routes
+        # Checks the Authorization header of every request (basic auth from the web config), if set.
+        self.authorize = authorize
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
@@ -84,6 +87,8 @@ class HttpServer:
             writer.close()
 
     async def _dispatch(self, request: Request) -> Response:
+        if self.authorize is not None and not await self.authorize(request.headers.get("authorization")):
+            return Response(401, b"unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="mailmon"'})
         method = "GET" if request.method == "HEAD" else request.method
         handler = self.routes.get((method, request.path))
         if handler is None:
