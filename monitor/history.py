@@ -28,6 +28,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.errors import MailmonError
@@ -281,6 +282,8 @@ def _sqlite_problem(path: str, exc: sqlite3.Error) -> HistoryError:
         what = "not a SQLite database (or its header is damaged)"
     elif "malformed" in text or "corrupt" in text:
         what = "the SQLite file is corrupt"
+    elif "readonly" in text or "read-only" in text:
+        what = "the file or its directory is read-only"
     elif "unable to open" in text:
         what = "cannot open the file (missing directory, or no permission)"
     else:
@@ -444,6 +447,21 @@ def latest(path: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------------- writing
 
+# A taken result: its submit sequence number and its row (None: it could not be made a row, already counted).
+_Item = tuple[int, dict[str, Any] | None]
+
+
+@dataclass
+class _WriterState:
+    """What the writer thread carries from one pass to the next."""
+
+    batch: list[_Item] = field(default_factory=list)  # taken, not yet committed
+    failures: int = 0  # consecutive failed commits (backoff)
+    next_age: float = field(default_factory=time.monotonic)  # age retention at start, then periodically
+    age_active: bool = False
+    retain_serving: int = 0  # the retain() request being served
+
+
 class History:
     """The history journal of one monitor: non-blocking `submit`, background writer thread, retention.
 
@@ -498,9 +516,9 @@ class History:
                                         daemon=True)
 
     @classmethod
-    def open(cls, path: str, retention_seconds: float = 30 * 86400, max_bytes: int = 200 * 1024 * 1024, *,
-             queue_size: int = 10_000, flush_interval: float = 0.2, batch_rows: int = 1000,
-             retention_interval: float = _AGE_RETENTION_INTERVAL,
+    def open(cls, path: str | os.PathLike[str], retention_seconds: float = 30 * 86400,
+             max_bytes: int = 200 * 1024 * 1024, *, queue_size: int = 10_000, flush_interval: float = 0.2,
+             batch_rows: int = 1000, retention_interval: float = _AGE_RETENTION_INTERVAL,
              on_commit: Callable[[int, int], None] | None = None, check_integrity: bool = True) -> History:
         """Open or create the history file and start its writer thread.
 
@@ -606,7 +624,8 @@ class History:
                 last_id = _insert_rows(conn, batch)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise _sqlite_problem(self.path, exc) from exc
@@ -644,59 +663,61 @@ class History:
                 self._cond.notify_all()
 
     def _loop(self, conn: sqlite3.Connection) -> None:
-        batch: list[tuple[int, dict[str, Any]]] = []
-        failures = 0
-        next_age = time.monotonic()  # age retention once at start, then every retention_interval
-        age_active = False
-        retain_serving = 0
+        state = _WriterState()
         while True:
-            stopping = self._stop.is_set()
-            self._wake.clear()
-            if not batch:
-                batch = self._take()
-            if batch:
-                if self._write(conn, batch):
-                    batch, failures = [], 0
-                else:
-                    failures += 1
-                    if stopping and time.monotonic() >= self._stop_deadline:
-                        self._give_up(batch)
-                        batch = []
-                    else:
-                        time.sleep(0.05 if stopping else min(1.0, 0.05 * 2 ** min(failures, 5)))
-                    continue
-            if stopping:
-                if not self._pending:
-                    return
-                continue
-            # Retention: one bounded step per pass, between batches, so writes never wait long behind it.
-            busy = False
             try:
-                with self._lock:
-                    requested = self._retain_requested
-                if requested > retain_serving and not age_active:
-                    retain_serving, age_active = requested, True
-                if not age_active and time.monotonic() >= next_age:
-                    age_active = True
-                if age_active:
-                    age_active = self._age_step(conn)
-                    if not age_active:
-                        next_age = time.monotonic() + self.retention_interval
-                    busy = age_active
-                busy = self._size_step(conn) or busy
-                failures = 0
-            except sqlite3.Error as exc:
-                self._log_error("history retention on %s failed: %s", exc)
-                busy = False
-            if not busy and retain_serving > self._retain_done:
-                with self._cond:
-                    self._retain_done = retain_serving
-                    self._cond.notify_all()
-            if busy or len(self._pending) >= self.batch_rows:
-                continue
-            self._wake.wait(self.flush_interval)
+                if self._pass(conn, state):
+                    return
+            except Exception:  # a bug must not silently end the journal: log it, pause, go on
+                log.exception("history writer for %s failed; continuing", self.path)
+                time.sleep(1.0)
 
-    def _take(self) -> list[tuple[int, dict[str, Any]]]:
+    def _pass(self, conn: sqlite3.Connection, st: _WriterState) -> bool:
+        """One pass of the writer: a batch, one retention step, maybe a wait. True when it is time to stop."""
+        stopping = self._stop.is_set()
+        self._wake.clear()
+        if not st.batch:
+            st.batch = self._take()
+        if st.batch:
+            st.batch = self._write(conn, st.batch)
+            if st.batch:  # not written: retry later, backing off (and, once closing, until the deadline)
+                st.failures += 1
+                if stopping and time.monotonic() >= self._stop_deadline:
+                    self._give_up(st.batch)
+                    st.batch = []
+                else:
+                    time.sleep(0.05 if stopping else min(1.0, 0.05 * 2 ** min(st.failures, 5)))
+                return False
+            st.failures = 0
+        if stopping:
+            return not self._pending
+        # Retention: one bounded step per pass, between batches, so writes never wait long behind it.
+        busy = False
+        try:
+            with self._lock:
+                requested = self._retain_requested
+            if requested > st.retain_serving and not st.age_active:
+                st.retain_serving, st.age_active = requested, True
+            if not st.age_active and time.monotonic() >= st.next_age:
+                st.age_active = True
+            if st.age_active:
+                st.age_active = self._age_step(conn)
+                if not st.age_active:
+                    st.next_age = time.monotonic() + self.retention_interval
+            busy = self._size_step(conn) or st.age_active
+        except sqlite3.Error as exc:
+            self._log_error("history retention on %s failed: %s", exc)
+            st.age_active = False
+            st.next_age = time.monotonic() + self.retention_interval
+        if not busy and st.retain_serving > self._retain_done:
+            with self._cond:
+                self._retain_done = st.retain_serving
+                self._cond.notify_all()
+        if not busy and len(self._pending) < self.batch_rows:
+            self._wake.wait(self.flush_interval)
+        return False
+
+    def _take(self) -> list[_Item]:
         """Up to batch_rows / batch_bytes queued results, converted to rows (outside the lock).
 
         The queue is popped in one go (per-item locking would hand the lock and the GIL back and forth with a
@@ -705,7 +726,7 @@ class History:
         want = max(1, min(self.batch_rows, int(self.batch_bytes / max(200.0, self._avg_row_bytes)) + 1))
         with self._lock:
             items = [self._pending.popleft() for _ in range(min(want, len(self._pending)))]
-        batch: list[tuple[int, dict[str, Any]]] = []
+        batch: list[_Item] = []
         size = 0
         for index, (seq, result, verdict) in enumerate(items):
             if size >= self.batch_bytes:
@@ -718,6 +739,7 @@ class History:
                               getattr(result, "check", "?"))
                 with self._lock:
                     self.dropped += 1
+                batch.append((seq, None))  # kept as a placeholder: flush() waits for its sequence number
                 continue
             row_size = _row_bytes(row)
             size += row_size
@@ -732,39 +754,58 @@ class History:
                 self._pending.popleft()
                 self.dropped += 1
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[int, dict[str, Any]]]) -> bool:
-        rows = [row for _, row in batch]
-        wal_before = self._sizes()[1]
+    def _write(self, conn: sqlite3.Connection,
+               batch: list[_Item]) -> list[_Item]:
+        """Commit the batch; returns what is still to be written (nothing on success, all of it to retry)."""
         try:
+            self._commit(conn, batch)
+            return []
+        except sqlite3.OperationalError as exc:  # locked, busy, disk full, I/O: worth retrying later
+            with self._lock:
+                self.write_errors += 1
+            self._log_error("history write to %s failed (will retry): %s", exc)
+            return batch
+        except (sqlite3.Error, ValueError, OverflowError) as exc:  # a row SQLite will never take
+            if len(batch) == 1:
+                log.error("history: dropping a result %s cannot store: %s", self.path, exc)
+                self._give_up(batch, quiet=True)
+                return []
+        for index, item in enumerate(batch):  # find the bad rows: write one at a time
+            rest = self._write(conn, [item])
+            if rest:
+                return rest + batch[index + 1:]
+        return []
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        rows = [row for _, row in batch if row is not None]
+        if rows:
+            wal_before = self._sizes()[1]
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last_id = _insert_rows(conn, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
-            with self._lock:
-                self.write_errors += 1
-            self._log_error("history write to %s failed (will retry): %s", exc)
-            return False
-        self._growth.append(max(0, self._sizes()[1] - wal_before))
+            self._growth.append(max(0, self._sizes()[1] - wal_before))
         with self._cond:
             self.written += len(rows)
             self._handled = batch[-1][0]
             self._cond.notify_all()
-        if self._on_commit is not None:
+        if rows and self._on_commit is not None:
             try:
                 self._on_commit(last_id, len(rows))
             except Exception:
                 log.exception("history on_commit callback failed")
-        return True
 
-    def _give_up(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        log.error("history: could not write %d results to %s before the close deadline", len(batch), self.path)
+    def _give_up(self, batch: list[_Item], quiet: bool = False) -> None:
+        lost = sum(1 for _, row in batch if row is not None)  # placeholders were counted when taken
+        if not quiet:
+            log.error("history: could not write %d results to %s before the close deadline", lost, self.path)
         with self._cond:
-            self.dropped += len(batch)
+            self.dropped += lost
             self._handled = batch[-1][0]
             self._cond.notify_all()
 
