@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import html
+import json
 import logging
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitor import config as config_module
 from monitor import selfcheck
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
+from monitor.history import History
 from monitor.logs import log_result
 from monitor.metrics import Metrics
 from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
-from monitor.verdict import VerdictBoard
+from monitor.verdict import VerdictBoard, describe
+from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
 from monitor.web.webconfig import WebConfig
 
@@ -44,6 +47,7 @@ class App:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage)
         self.board = VerdictBoard()
+        self.history: History | None = None
         self.runner = Runner(config.vantage, sinks=[self._on_result], probes=self._probes(config))
         self.scheduler: Scheduler | None = None
         self._selfcheck_task: asyncio.Task[None] | None = None
@@ -54,12 +58,18 @@ class App:
             ("GET", "/-/healthy"): self._healthy,
             ("GET", "/-/ready"): self._ready,
             ("POST", "/-/reload"): self._reload,
+            ("GET", "/api/status"): self._api_status,
+            ("GET", "/api/history"): self._api_history,
             ("GET", "/"): self._index,
         }, authorize=self.web.authorized if self.web.users else None)
         self.stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
+        settings = self.config.history
+        if settings is not None:
+            self.history = await asyncio.to_thread(History.open, settings.path, settings.retention,
+                                                   settings.max_bytes)
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
         checks = sum(len(t.checks) for t in self.config.targets)
@@ -83,6 +93,8 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.http.stop()
+        if self.history is not None:
+            await asyncio.to_thread(self.history.close)
         self.stopped.set()
 
     async def reload(self) -> bool:
@@ -108,6 +120,8 @@ class App:
         self.metrics.record(result)
         self.metrics.set_verdict(result.target, verdict)
         log_result(result)
+        if self.history is not None:
+            self.history.submit(result, verdict)
         if result.stage == "dns":
             # A name that stopped resolving may be this vantage's resolver: ask the selfcheck now, so the
             # verdict says vantage_fault within seconds rather than blaming the server until its next run.
@@ -143,6 +157,8 @@ class App:
         self.metrics.record_selfcheck(result)
         if not result.ok:
             log_result(result)
+        if self.history is not None:
+            self.history.submit(result, None if result.ok else "vantage_fault")
         for name, verdict in self.board.set_vantage_health(result.ok).items():
             self.metrics.set_verdict(name, verdict)
         return result
@@ -182,10 +198,76 @@ class App:
             return Response.text("reloaded\n")
         return Response.text("reload failed; the previous configuration stays in force (see the log)\n", 500)
 
+    def status(self) -> dict[str, Any]:
+        """The latest result and verdict per target and check, as served at /api/status."""
+        now = time.time()
+        targets = []
+        for target in self.config.targets:
+            results = self.board.results(target.name)
+            verdict = self.board.verdict(target.name)
+            targets.append({
+                "target": target.name,
+                "verdict": verdict,
+                "summary": describe(verdict, results, self.config.vantage),
+                "checks": [{**r.as_json(), "age_seconds": round(now - r.started_at, 3), "transcript": r.transcript}
+                           for r in results],
+            })
+        return {"vantage": self.config.vantage, "generated_at": now,
+                "vantage_healthy": self.board.vantage_healthy, "targets": targets}
+
+    async def _api_status(self, request: Request) -> Response:
+        return _json(self.status())
+
+    async def _api_history(self, request: Request) -> Response:
+        """Probe history: `since`, `until` (Unix time), `target`, `check`, `failed=1`, `limit`, `before_id`."""
+        if self.history is None:
+            return _json({"error": "no history is configured (config key `history`)"}, 404)
+        try:
+            params = history_params(request.query)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        rows = await asyncio.to_thread(self.history.query, **params)
+        more = len(rows) == params["limit"]
+        return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None})
+
     async def _index(self, request: Request) -> Response:
-        rows = "".join(f"<li>{html.escape(t.name)} ({html.escape(t.host)}): {', '.join(c.name for c in t.checks)}</li>"
-                       for t in self.config.targets)
-        page = (f"<!doctype html><html><head><title>mailmon</title></head><body><h1>mailmon — vantage "
-                f"{html.escape(self.config.vantage)}</h1><ul>{rows}</ul><p><a href=\"/metrics\">metrics</a></p>"
-                "</body></html>")
+        status = self.status()
+        failures: dict[str, list[dict[str, Any]]] = {}
+        if self.history is not None:
+            since = time.time() - 86400
+            rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
+            for row in rows:
+                failures.setdefault(row["target"], []).append(row)
+        page = render_page(status, failures)
         return Response(body=page.encode(), content_type="text/html; charset=utf-8")
+
+
+_MAX_PAGE = 1000
+
+
+def history_params(query: dict[str, list[str]]) -> dict[str, Any]:
+    """Validated /api/history query parameters; ValueError names the bad one."""
+
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    params: dict[str, Any] = {"target": one("target"), "check": one("check"),
+                              "failed_only": one("failed") in ("1", "true", "yes")}
+    for name in ("since", "until"):
+        value = one(name)
+        try:
+            params[name] = float(value) if value is not None else None
+        except ValueError:
+            raise ValueError(f"{name} must be a Unix time in seconds") from None
+    for name, default in (("limit", 100), ("before_id", None)):
+        value = one(name)
+        if value is not None and not value.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer")
+        params[name] = int(value) if value is not None else default
+    params["limit"] = max(1, min(_MAX_PAGE, params["limit"]))
+    return params
+
+
+def _json(document: Any, status: int = 200) -> Response:
+    return Response(status=status, body=json.dumps(document).encode(), content_type="application/json")

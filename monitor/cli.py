@@ -56,6 +56,25 @@ def _parser() -> argparse.ArgumentParser:
                                                         "(or roundtrip:imap, roundtrip:pop3)")
     check.add_argument("--json", action="store_true", help="one JSON object per result per line")
 
+    diagnose = sub.add_parser("diagnose", help="is it me or the server? run every check here and ask the monitor")
+    common(diagnose)
+    diagnose.add_argument("--monitor", metavar="URL", help="the monitor to ask (default: http://<listen> from the "
+                                                           "config)")
+    diagnose.add_argument("--target", metavar="NAME", help="only this target")
+
+    history = sub.add_parser("history", help="show the probe history journal")
+    common(history)
+    history.add_argument("--since", metavar="TIME", help="from: 1h (ago), 2026-11-28T10:00 (UTC) or Unix seconds")
+    history.add_argument("--until", metavar="TIME", help="until (same forms as --since)")
+    history.add_argument("--target", metavar="NAME", help="only this target")
+    history.add_argument("--check", metavar="NAME",
+                         help="only this check (smtp, imap, pop3, roundtrip, smtp:<profile>)")
+    history.add_argument("--failed", action="store_true", help="only failed runs")
+    history.add_argument("--limit", type=int, default=1000, help="at most this many rows, newest first (1000)")
+    form = history.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_const", dest="format", const="json", help="one JSON object per line")
+    form.add_argument("--csv", action="store_const", dest="format", const="csv", help="CSV with a header row")
+
     validate = sub.add_parser("validate", help="check the configuration file and exit")
     common(validate)
     return parser
@@ -102,6 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {problem}", file=sys.stderr)
                 return EXIT_CONFIG
         return asyncio.run(_run(config, args.listen, args.config, web))
+    if args.command == "history":
+        from monitor.history_cli import show_history
+
+        return show_history(config, args.since, args.until, args.target, args.check, args.failed, max(1, args.limit),
+                            args.format or "table")
+    if args.command == "diagnose":
+        from monitor.diagnose import diagnose
+
+        return asyncio.run(diagnose(config, args.monitor, args.target, sys.stdout))
     return asyncio.run(_check(config, args.target, args.check, args.json))
 
 

@@ -169,6 +169,15 @@ class SelfcheckSettings:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    """The probe history journal: SQLite file, how long and how much to keep."""
+
+    path: str
+    retention: float = 30 * 86400.0
+    max_bytes: int = 200 * 1000 * 1000
+
+
+@dataclass(frozen=True)
 class Config:
     vantage: str
     listen: str
@@ -180,6 +189,7 @@ class Config:
     # Signs probe messages (HMAC) so that only messages this monitor family sent are ever deleted.
     probe_key: Secret | None = None
     selfcheck: SelfcheckSettings = field(default_factory=SelfcheckSettings)
+    history: HistorySettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -592,7 +602,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
     entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "selfcheck",
-                                        "targets"))
+                                        "history", "targets"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -641,10 +651,43 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         raise ConfigError(reader.sorted_problems())
     selfcheck = _load_selfcheck(reader, entries["selfcheck"][1] if "selfcheck" in entries else None, interval,
                                 targets)
+    history = _load_history(reader, entries["history"][1], source) if "history" in entries else None
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
-                  targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck)
+                  targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck, history=history)
+
+
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_MIN_HISTORY_BYTES = 256 * 1024
+
+
+def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySettings | None:
+    """Where the probe history journal lives and how much of it to keep."""
+    entries = reader.mapping(node, "history", ("path", "retention", "max_size"))
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    if "path" not in entries:
+        reader.problem(node, "history", "path is required (the SQLite file, relative to this config file)")
+        return None
+    path = reader.string(entries["path"][1], "history.path")
+    retention = _get(reader, entries, "retention", "history", reader.duration, HistorySettings.retention)
+    max_bytes = HistorySettings.max_bytes
+    if "max_size" in entries:
+        text = reader.scalar(entries["max_size"][1], "history.max_size")
+        match = _SIZE.match(text.strip()) if text is not None else None
+        if text is not None and match is None:
+            reader.problem(entries["max_size"][1], "history.max_size", f"{text!r} is not a size (e.g. 200MB, 1GiB)")
+        elif match is not None:
+            max_bytes = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+            if max_bytes < _MIN_HISTORY_BYTES:
+                reader.problem(entries["max_size"][1], "history.max_size", "must be at least 256KiB")
+    if path is None:
+        return None
+    if not os.path.isabs(path) and source:
+        path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
+    return HistorySettings(path=path, retention=retention, max_bytes=max_bytes)
 
 
 _SELFCHECK_INTERVAL = 30.0

@@ -97,6 +97,16 @@ async def _observed(probe: Probe, ctx: ProbeContext, target: Target, check: Chec
 
 
 def _describe(exc: BaseException) -> str:
+    """The error as one line, with the error it was raised from when a library wrapped it (aiosmtplib's
+    "Error connecting to localhost on port None:" says nothing; the SSLEOFError under it does)."""
+    text = _one(exc)
+    seen = [exc]
+    while (cause := seen[-1].__cause__) is not None and all(cause is not s for s in seen):
+        seen.append(cause)
+    return text if len(seen) == 1 else f"{text} (from {_one(seen[-1])})"
+
+
+def _one(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from monitor.result import Result
 
-__all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "side_of"]
+__all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "describe", "side_of"]
 
 VERDICTS = (
     "ok", "smtp_down", "receive_down", "unreachable", "delivery_stalled", "auth_failed", "tls_problem",
@@ -157,3 +157,43 @@ class VerdictBoard:
         outcomes = [classify_result(r, self._timeouts.get((target, key)))
                     for key, r in self._results.get(target, {}).items()]
         return decide(outcomes, self.vantage_healthy)
+
+
+_PROTOCOL_NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "roundtrip": "the round trip"}
+
+
+def _name(result: Result) -> str:
+    base = result.check.split(":", 1)[0]
+    text = _PROTOCOL_NAMES.get(base, result.check)
+    if ":" in result.check:
+        text += f" (client profile {result.check.split(':', 1)[1]})"
+    if result.via:
+        text += f" via {result.via.upper()}"
+    return text
+
+
+def _failure(result: Result) -> str:
+    return f"{_name(result)} fails at {result.stage} ({result.reason})"
+
+
+def describe(verdict: str, results: list[Result], vantage: str) -> str:
+    """The verdict in plain words for a person, naming what fails and what still works."""
+    failing = [r for r in results if not r.ok]
+    passing = sorted({_name(r) for r in results if r.ok})
+    works = f"; {', '.join(passing)} work" if passing else ""
+    failures = "; ".join(_failure(r) for r in failing)
+    texts = {
+        "ok": f"Everything works from {vantage}: {', '.join(passing) or 'no checks yet'}.",
+        "unknown": f"No result yet from {vantage}.",
+        "vantage_fault": f"The monitor at {vantage} has a problem of its own (resolver, routes or reference "
+                         "endpoint): its results say nothing about the server right now.",
+        "unreachable": f"The server does not answer from {vantage} on any protocol: {failures}.",
+        "smtp_down": f"SMTP is down as seen from {vantage}: {failures}{works}.",
+        "receive_down": f"Reading mail is down as seen from {vantage}: {failures}{works}.",
+        "tls_problem": f"A TLS problem as seen from {vantage}: {failures}{works}.",
+        "auth_failed": f"The probe's login is rejected as seen from {vantage}: {failures}{works}.",
+        "delivery_stalled": f"Mail is accepted but not delivered as seen from {vantage}: {failures}{works}.",
+        "degraded": (f"Partly working as seen from {vantage}: {failures}{works}." if failing else
+                     f"Working but slow as seen from {vantage}{works}."),
+    }
+    return texts.get(verdict, verdict)

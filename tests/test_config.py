@@ -75,7 +75,7 @@ INVALID = [
      ["{file}: the file is empty"]),
     ("invalid-yaml-top-level-list.yml",
      ["{file}:1: the top level must be a mapping with keys vantage, listen, defaults, concurrency, probe_key, "
-      "selfcheck, targets"]),
+      "selfcheck, history, targets"]),
     ("invalid-smtp-mail-from-without-rcpt-to.yml",
      ["{file}:6: targets[0].smtp: mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)"]),
     ("invalid-many-problems.yml",
@@ -84,7 +84,8 @@ INVALID = [
       "{file}:9: targets[0].smtp.port: must be an integer between 1 and 65535, got '0'",
       "{file}:10: targets[0].smtp.tls: must be one of starttls, implicit, none, got 'ssl'",
       "{file}:11: targets[1]: host is required",
-      "{file}:12: targets[1].hots: unknown key (allowed here: name, host, tls, auth, interval, timeout, {checks})",
+      "{file}:12: targets[1].hots: unknown key (allowed here: name, host, tls, auth, interval, timeout, {checks}, "
+      "smtp_profiles)",
       "{file}:13: targets[1].pop3: pop3 needs credentials: add an auth block to the target",
       "{file}:14: targets[2]: no checks: add at least one of {checks}",
       "{file}:14: targets[2].name: duplicate target name 'mx1' (first at targets[0])"]),
@@ -196,7 +197,7 @@ def test_only_unknown_top_level_keys_still_reports_what_is_missing() -> None:
         load_text("vantge: test\n", "c.yml")
     assert caught.value.problems == [
         "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, selfcheck, "
-        "targets)",
+        "history, targets)",
         "c.yml:1: vantage: is required (it labels every series of this monitor)",
         "c.yml:1: targets: is required: list at least one target",
     ]

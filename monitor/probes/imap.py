@@ -133,11 +133,14 @@ class ImapSession:
         except BaseException:
             task.cancel()
             raise
+        if self.protocol.violation is not None:  # whatever the call returned: we dropped the connection
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the violation is the error to report
+            task.cancel()
+            raise ProbeError(self.ctx.stage, "protocol", self.protocol.violation)
         if task in done:
             return task.result()
         task.cancel()
-        if self.protocol.violation is not None:
-            raise ProbeError(self.ctx.stage, "protocol", self.protocol.violation)
         raise ConnectionResetError("the server closed the connection")
 
     async def open(self) -> None:
@@ -199,6 +202,11 @@ class ImapSession:
     async def _login(self) -> None:
         protocol, auth = self.protocol, self.target.auth
         assert protocol is not None and auth is not None
+        if protocol.state == aioimaplib.AUTH:
+            # A `* PREAUTH` greeting: the server authenticated the connection itself, and LOGIN is now
+            # illegal (RFC 3501 7.1.4). Sending it anyway only earns a library error.
+            self.ctx.note("the server pre-authenticated the connection (PREAUTH): LOGIN skipped")
+            return
         if "LOGINDISABLED" in protocol.capabilities:
             # RFC 3501: the server refuses LOGIN on this connection; sending it would expose the password.
             raise ProbeError("auth", "protocol", "the server disables LOGIN on this connection (LOGINDISABLED): "

@@ -1,0 +1,138 @@
+"""`mailmon diagnose`: "is it me or the server?" Run every check from here, ask the monitor, conclude in plain words.
+
+Exit codes: 0 everything works from here; 1 the fault is on this side (this machine or its network path: the
+monitor passes the same check); 2 the fault is on the server side (the monitor fails the same check too);
+3 cannot tell (the monitor is unreachable, has no recent result for a failing check, is itself faulty, or the
+evidence is mixed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from monitor.config import Config
+from monitor.probes import probes_for
+from monitor.result import Result
+from monitor.runner import Runner
+
+__all__ = ["diagnose"]
+
+FINE, CLIENT_SIDE, SERVER_SIDE, UNKNOWN = 0, 1, 2, 3
+_PROTOCOL = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "roundtrip": "The round trip"}
+# A monitor result older than this many of its check's intervals is too old to vouch for the server.
+_FRESH_INTERVALS = 3.0
+
+
+@dataclass
+class Finding:
+    code: int
+    text: str
+
+
+def _what(result: Result) -> str:
+    base, _, profile = result.check.partition(":")
+    name = _PROTOCOL.get(base, result.check)
+    if profile:
+        name += f" (profile {profile})"
+    if result.via:
+        name += f" via {result.via.upper()}"
+    return name
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The monitor's /api/status, or None when it cannot be had."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=timeout) as response:
+            data = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _key(check: str, via: str | None) -> str:
+    return f"{check}:{via}" if via else check
+
+
+def judge(result: Result, remote: dict[str, Any] | None, interval: float) -> Finding:
+    """What one local result, set against the monitor's latest result for the same check, says."""
+    local = (f"{_what(result)} from this machine fails at {result.stage} "
+             f"({result.reason}, {result.duration_seconds:.1f} s)")
+    if remote is None:
+        return Finding(UNKNOWN, f"{local}. The monitor has no result for this check: cannot tell where the fault is.")
+    vantage = remote.get("vantage", "?")
+    row = remote["row"]
+    age = float(row.get("age_seconds", 0.0))
+    if remote.get("vantage_healthy") is False:
+        return Finding(UNKNOWN, f"{local}. The monitor at {vantage} has a fault of its own: cannot tell.")
+    if age > _FRESH_INTERVALS * interval:
+        return Finding(UNKNOWN, f"{local}. The monitor's last result is {_ago(age)}, too old to tell.")
+    if row.get("ok"):
+        return Finding(CLIENT_SIDE, f"{local}. The monitor at {vantage} passed the same check {_ago(age)}. "
+                                    "The server is healthy: the fault is on this machine or its network path.")
+    return Finding(SERVER_SIDE, f"{local}. The monitor at {vantage} fails it too ({row.get('stage')}/"
+                                f"{row.get('reason')}, {_ago(age)}): the fault is on the server side.")
+
+
+def conclude(findings: list[Finding]) -> int:
+    codes = {f.code for f in findings}
+    if not codes:
+        return FINE
+    return codes.pop() if len(codes) == 1 else UNKNOWN
+
+
+async def diagnose(config: Config, monitor_url: str | None, only_target: str | None, out: TextIO) -> int:
+    targets = [t for t in config.targets if only_target is None or t.name == only_target]
+    if not targets:
+        print(f"No target named {only_target!r} in the configuration.", file=out)
+        return UNKNOWN
+    runner = Runner(config.vantage, probes=probes_for(config))
+    jobs = [(t, c) for t in targets for c in t.checks]
+    results = await asyncio.gather(*(runner.run(t, c) for t, c in jobs))
+    url = monitor_url or f"http://{config.listen}"
+    status = await asyncio.to_thread(fetch_status, url)
+    rows = _rows(status)
+    print(f"Checks from this machine ({len(results)}):", file=out)
+    for result in results:
+        state = "ok" if result.ok else f"FAILED at {result.stage} ({result.reason})"
+        print(f"\n== {result.target}: {_what(result)}: {state}, {result.duration_seconds:.3f} s", file=out)
+        for line in result.transcript:
+            print(f"   {line}", file=out)
+    print("", file=out)
+    if status is None:
+        print(f"The monitor at {url} could not be reached (GET /api/status).", file=out)
+    findings = []
+    for (target, check), result in zip(jobs, results, strict=True):
+        if result.ok:
+            continue
+        row = rows.get((target.name, _key(result.check, result.via)))
+        remote = None if row is None or status is None else {
+            "row": row, "vantage": status.get("vantage"), "vantage_healthy": status.get("vantage_healthy")}
+        findings.append(judge(result, remote, check.interval))
+    if not findings:
+        print("Conclusion: every check works from this machine.", file=out)
+        return FINE
+    for finding in findings:
+        print(finding.text, file=out)
+    code = conclude(findings)
+    print({CLIENT_SIDE: "Conclusion: the fault is on this side (this machine or its network path).",
+           SERVER_SIDE: "Conclusion: the fault is on the server side.",
+           UNKNOWN: "Conclusion: cannot tell from here."}[code], file=out)
+    return code
+
+
+def _rows(status: dict[str, Any] | None) -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for target in (status or {}).get("targets", []):
+        for row in target.get("checks", []):
+            rows[(target.get("target"), _key(row.get("check"), row.get("via")))] = row
+    return rows
+

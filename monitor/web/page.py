@@ -1,0 +1,117 @@
+"""The status page at `/`: per target the verdict in plain words, the state of each check, and a 24 h timeline.
+
+Server-rendered HTML with inline CSS and a few lines of JS (auto-refresh), no external assets: it must work on a
+machine with no internet access. Failures on the timeline link to their transcript further down the page.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+__all__ = ["render"]
+
+COLOURS = {
+    "ok": "#2e7d32", "degraded": "#f9a825", "unknown": "#757575", "vantage_fault": "#6a1b9a",
+    "smtp_down": "#c62828", "receive_down": "#c62828", "unreachable": "#b71c1c", "delivery_stalled": "#e65100",
+    "auth_failed": "#ad1457", "tls_problem": "#ad1457",
+}
+_DAY = 86400.0
+_WIDTH = 960
+
+_STYLE = """
+body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#fafafa;color:#212121}
+header{background:#263238;color:#fff;padding:12px 24px}header h1{margin:0;font-size:20px}
+main{padding:16px 24px;max-width:1100px}
+.target{background:#fff;border:1px solid #ddd;border-radius:6px;margin:0 0 20px;padding:14px 18px}
+.verdict{display:inline-block;color:#fff;border-radius:4px;padding:2px 10px;font-weight:600}
+.summary{font-size:17px;margin:8px 0 12px}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:4px 8px;border-bottom:1px solid #eee}
+.ok{color:#2e7d32;font-weight:600}.fail{color:#c62828;font-weight:600}
+svg text{font-size:11px;fill:#555}pre{background:#f5f5f5;padding:8px;overflow:auto;font-size:12px}
+details{margin:4px 0}summary{cursor:pointer}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _check_name(row: dict[str, Any]) -> str:
+    return f"{row['check']} via {row['via']}" if row.get("via") else str(row["check"])
+
+
+def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float) -> str:
+    """One row per check over the last 24 h; every failure a red tick linking to its transcript."""
+    row_height, label = 18, 150
+    height = row_height * max(1, len(checks)) + 16
+    parts = [f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="failures in the last 24 hours">']
+    for hour in range(0, 25, 3):
+        x = label + (_WIDTH - label) * hour / 24
+        parts.append(f'<line x1="{x:.0f}" y1="0" x2="{x:.0f}" y2="{height - 14}" stroke="#eee"/>'
+                     f'<text x="{x:.0f}" y="{height - 2}" text-anchor="middle">-{24 - hour}h</text>')
+    for index, name in enumerate(checks):
+        y = index * row_height
+        parts.append(f'<text x="0" y="{y + 13}">{_esc(name)}</text>'
+                     f'<rect x="{label}" y="{y + 3}" width="{_WIDTH - label}" height="12" fill="#e8f5e9"/>')
+    for failure in failures:
+        name = _check_name(failure)
+        if name not in checks:
+            continue
+        x = label + (_WIDTH - label) * (1 - (now - float(failure["started_at"])) / _DAY)
+        y = checks.index(name) * row_height
+        title = f"{name}: {failure.get('stage')}/{failure.get('reason')} at {_when(failure['started_at'])}"
+        parts.append(f'<a href="#failure-{_esc(failure["id"])}"><rect x="{x:.1f}" y="{y + 1}" width="3" height="16" '
+                     f'fill="#c62828"><title>{_esc(title)}</title></rect></a>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(timestamp)))
+
+
+def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], now: float | None = None) -> str:
+    """The page for a /api/status document and, per target, its failures of the last 24 h (newest first)."""
+    now = time.time() if now is None else now
+    sections = []
+    for target in status["targets"]:
+        verdict = target["verdict"]
+        rows = []
+        for row in target["checks"]:
+            state = ('<span class="ok">ok</span>' if row["ok"] else
+                     f'<span class="fail">{_esc(row["stage"])}/{_esc(row["reason"])}</span>')
+            said = row.get("smtp_reply") if row["ok"] else row.get("detail")
+            rows.append(f"<tr><td>{_esc(_check_name(row))}</td><td>{state}</td>"
+                        f"<td>{float(row['duration_seconds']):.3f} s</td><td>{float(row['age_seconds']):.0f} s ago</td>"
+                        f"<td>{_esc(said or '')}</td></tr>")
+        names = sorted({_check_name(row) for row in target["checks"]} |
+                       {_check_name(f) for f in failures.get(target["target"], [])})
+        details = []
+        for failure in failures.get(target["target"], [])[:200]:
+            transcript = "\n".join(failure.get("transcript") or [])
+            details.append(f'<details id="failure-{_esc(failure["id"])}"><summary>{_when(failure["started_at"])} '
+                           f'{_esc(_check_name(failure))}: {_esc(failure.get("stage"))}/{_esc(failure.get("reason"))}'
+                           f' — {_esc(failure.get("detail") or "")}</summary><pre>{_esc(transcript)}</pre></details>')
+        sections.append(
+            f'<section class="target" data-target="{_esc(target["target"])}" data-verdict="{_esc(verdict)}">'
+            f'<h2>{_esc(target["target"])} <span class="verdict" style="background:{COLOURS.get(verdict, "#555")}">'
+            f'{_esc(verdict.replace("_", " "))}</span></h2>'
+            f'<p class="summary">{_esc(target["summary"])}</p>'
+            f"<table><tr><th>check</th><th>state</th><th>took</th><th>last run</th><th>server said</th></tr>"
+            f'{"".join(rows)}</table>'
+            f"<h3>Last 24 hours</h3>{_timeline(names, failures.get(target['target'], []), now)}"
+            f'<h3>Failures ({len(failures.get(target["target"], []))})</h3>'
+            f'{"".join(details) or "<p>None in the last 24 hours.</p>"}</section>')
+    vantage = _esc(status["vantage"])
+    health = "" if status.get("vantage_healthy", True) else (
+        '<p class="fail">This monitor\'s own selfcheck fails: its results say nothing about the servers now.</p>')
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>mailmon — {vantage}</title><style>{_STYLE}</style></head><body>"
+            f"<header><h1>mailmon — is it the server or the client? Seen from {vantage}</h1></header><main>{health}"
+            f'{"".join(sections)}<p><small>Updated {_when(now)} · <a href="/api/status">/api/status</a> · '
+            '<a href="/api/history">/api/history</a> · <a href="/metrics">/metrics</a></small></p></main>'
+            # Refresh every 30 s unless the reader has a transcript open.
+            "<script>setInterval(function(){if(!document.querySelector('details[open]'))location.reload()},30000)"
+            "</script></body></html>")

@@ -1,0 +1,89 @@
+"""`mailmon diagnose` against a running monitor and the real lab: "is it me or the server?"."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Lab, free_port, mailmon_command
+from tests.processes import Monitor, wait_for
+
+pytestmark = pytest.mark.lab
+
+
+def _config(tmp: Path, lab: Lab, name: str, smtp_port: int = 587, listen: str = "127.0.0.1:9") -> Path:
+    secret = tmp / "password"
+    secret.write_text(lab.password)
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"""
+vantage: {name}
+listen: {listen}
+defaults: {{interval: 2s, timeout: 2s}}
+targets:
+  - name: lab
+    host: {lab.host}
+    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
+    auth: {{username: {lab.user}, password_file: {secret}}}
+    smtp: {{port: {smtp_port}, tls: starttls}}
+    imap: {{port: 993, tls: implicit}}
+""")
+    return path
+
+
+@pytest.fixture
+def monitor(tmp_path: Path, lab: Lab) -> Iterator[Monitor]:
+    lab.control("fault", "reset")
+    running = Monitor(_config(tmp_path, lab, "datacenter"), tmp_path / "monitor.log")
+    try:
+        wait_for(lambda: running.verdict("lab") == "ok", "the monitor to see the lab healthy", limit=20)
+        yield running
+    finally:
+        running.stop()
+        lab.control("fault", "reset")
+
+
+def _diagnose(config: Path, monitor_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(mailmon_command("diagnose", "--config", str(config), "--monitor", monitor_url),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_all_fine_exits_0(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+    """With everything working here, diagnose says so and exits 0."""
+    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every check works from this machine" in done.stdout
+
+
+def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+    """This machine cannot reach SMTP (a closed port) while the monitor submits fine: exit 1, client side."""
+    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=free_port()), monitor.url)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SMTP from this machine fails at connect (refused" in done.stdout
+    assert "The monitor at datacenter passed the same check" in done.stdout
+    assert "the fault is on this machine or its network path" in done.stdout
+
+
+def test_smtp_down_for_both_is_server_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+    """SMTP stopped on the server fails here and at the monitor: exit 2, server side."""
+    lab.control("fault", "smtp", "on")
+    wait_for(lambda: monitor.verdict("lab") == "smtp_down", "the monitor to see SMTP down", limit=15)
+    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the fault is on the server side" in done.stdout
+
+
+def test_unreachable_monitor_cannot_tell(tmp_path: Path, lab: Lab) -> None:
+    """A local failure with no monitor to ask: exit 3, cannot tell."""
+    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=free_port()), f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "could not be reached" in done.stdout
+
+
+def test_transcript_is_shown_without_the_password(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+    """The verbose transcript shows the dialogue but never the password."""
+    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    assert "C: EHLO" in done.stdout and "AUTH PLAIN ********" in done.stdout
+    assert lab.password not in done.stdout
