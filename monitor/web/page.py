@@ -50,7 +50,8 @@ def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float) -> 
     for hour in range(0, 25, 3):
         x = label + (_WIDTH - label) * hour / 24
         parts.append(f'<line x1="{x:.0f}" y1="0" x2="{x:.0f}" y2="{height - 14}" stroke="#eee"/>'
-                     f'<text x="{x:.0f}" y="{height - 2}" text-anchor="middle">-{24 - hour}h</text>')
+                     f'<text x="{min(x, _WIDTH - 14):.0f}" y="{height - 2}" text-anchor="middle">'
+                     f'{"now" if hour == 24 else f"-{24 - hour}h"}</text>')
     for index, name in enumerate(checks):
         y = index * row_height
         parts.append(f'<text x="0" y="{y + 13}">{_esc(name)}</text>'
@@ -59,7 +60,8 @@ def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float) -> 
         name = _check_name(failure)
         if name not in checks:
             continue
-        x = label + (_WIDTH - label) * (1 - (now - float(failure["started_at"])) / _DAY)
+        # Clamped so a failure seconds ago still shows as a whole tick at the right edge.
+        x = min(_WIDTH - 4, label + (_WIDTH - label) * (1 - (now - float(failure["started_at"])) / _DAY))
         y = checks.index(name) * row_height
         title = f"{name}: {failure.get('stage')}/{failure.get('reason')} at {_when(failure['started_at'])}"
         parts.append(f'<a href="#failure-{_esc(failure["id"])}"><rect x="{x:.1f}" y="{y + 1}" width="3" height="16" '

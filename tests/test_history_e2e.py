@@ -1,0 +1,169 @@
+"""The probe history end to end: a real outage recorded, listed for support, served by the API and the page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Lab, mailmon_command
+from tests.processes import Monitor, http_get, wait_for
+
+pytestmark = pytest.mark.lab
+
+WRONG = "Wr0ng-Secret-For-History"
+
+
+@pytest.fixture
+def outage(tmp_path: Path, lab: Lab) -> Iterator[tuple[Monitor, Path, Path]]:
+    """A monitor with a journal that lived through SMTP being stopped for a while; yields (monitor, config, db)."""
+    secret = tmp_path / "password"
+    secret.write_text(lab.password)
+    wrong = tmp_path / "wrong"
+    wrong.write_text(WRONG)
+    db = tmp_path / "history.sqlite"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+vantage: support
+defaults: {{interval: 2s, timeout: 2s}}
+history: {{path: {db}}}
+targets:
+  - name: lab
+    host: {lab.host}
+    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
+    auth: {{username: {lab.user}, password_file: {secret}}}
+    smtp: {{port: 587, tls: starttls}}
+    imap: {{port: 993, tls: implicit}}
+  - name: lab-wrong-password
+    host: {lab.host}
+    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
+    auth: {{username: {lab.user}, password_file: {wrong}}}
+    smtp: {{port: 465, tls: implicit}}
+""")
+    monitor = Monitor(config, tmp_path / "monitor.log")
+    try:
+        wait_for(lambda: monitor.verdict("lab") == "ok", "the lab to be ok", limit=20)
+        lab.control("stop", "postfix")
+        try:
+            wait_for(lambda: _failures(monitor, "smtp", "connect", "refused") >= 3, "three refused SMTP runs", 20)
+        finally:
+            lab.control("start", "postfix")
+        wait_for(lambda: monitor.verdict("lab") == "ok", "the lab to recover", limit=20)
+        wait_for(lambda: _failures(monitor, "smtp", "auth", "auth_rejected", "lab-wrong-password") >= 1,
+                 "a rejected login after the outage", limit=20)
+        time.sleep(0.5)  # the journal commits at least every 0.2 s
+        yield monitor, config, db
+    finally:
+        monitor.stop()
+
+
+def _failures(monitor: Monitor, check: str, stage: str, reason: str, target: str = "lab") -> float:
+    for line in monitor.metrics().splitlines():
+        if (line.startswith("mailmon_check_failures_total{") and f'check="{check}"' in line
+                and f'target="{target}"' in line and f'stage="{stage}"' in line and f'reason="{reason}"' in line):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _history(config: Path, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    done = subprocess.run(mailmon_command("history", "--config", str(config), *args), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_history_lists_exactly_the_outage(outage: tuple[Monitor, Path, Path]) -> None:
+    """`history --failed --target lab` lists exactly the refused SMTP runs, as many as the metrics counted."""
+    monitor, config, _ = outage
+    rows = _history(config, "--failed", "--target", "lab", "--json")
+    assert rows, "no failures recorded"
+    assert {(r["check"], r["stage"], r["reason"]) for r in rows} == {("smtp", "connect", "refused")}
+    assert len(rows) == _failures(monitor, "smtp", "connect", "refused")
+    assert all("refused" in r["detail"].lower() and r["verdict"] == "smtp_down" for r in rows)
+    assert all(not r["ok"] and r["vantage"] == "support" for r in rows)
+
+
+def test_api_history_returns_the_same_rows(outage: tuple[Monitor, Path, Path]) -> None:
+    """/api/history?failed=1&target=lab returns the rows the command lists, same ids, same fields."""
+    monitor, config, _ = outage
+    cli = _history(config, "--failed", "--target", "lab", "--json")
+    api = json.loads(http_get(monitor.url + "/api/history?failed=1&target=lab&limit=1000")[1])["rows"]
+    assert [r["id"] for r in api] == [r["id"] for r in cli]
+    assert api[0].keys() == cli[0].keys()
+
+
+def test_server_words_are_kept(outage: tuple[Monitor, Path, Path]) -> None:
+    """A rejected login keeps the server's reply (code and text) in the journal."""
+    _, config, _ = outage
+    rows = _history(config, "--failed", "--target", "lab-wrong-password", "--json")
+    # While Postfix was stopped this target was refused like the other; every other failure is the login.
+    rejected = [r for r in rows if (r["stage"], r["reason"]) != ("connect", "refused")]
+    assert rejected and all((r["stage"], r["reason"]) == ("auth", "auth_rejected") for r in rejected)
+    assert all(r["smtp_code"] == 535 and r["detail"].startswith("535 5.7.8") for r in rejected)
+
+
+def test_api_history_pages_without_gaps(outage: tuple[Monitor, Path, Path]) -> None:
+    """Following next_before_id walks the whole journal once, newest first."""
+    monitor, _, _ = outage
+    everything = json.loads(http_get(monitor.url + "/api/history?limit=1000")[1])["rows"]
+    seen: list[int] = []
+    url = monitor.url + "/api/history?limit=7"
+    while True:
+        page = json.loads(http_get(url)[1])
+        seen += [r["id"] for r in page["rows"]]
+        if page["next_before_id"] is None:
+            break
+        url = monitor.url + f"/api/history?limit=7&before_id={page['next_before_id']}"
+    assert seen[:len(everything)] == [r["id"] for r in everything][:len(seen)]
+    assert len(set(seen)) == len(seen)
+
+
+def test_bad_api_history_parameter_is_400(outage: tuple[Monitor, Path, Path]) -> None:
+    """A malformed parameter gets 400 with a sentence, not a traceback."""
+    monitor, _, _ = outage
+    status, body = http_get(monitor.url + "/api/history?since=yesterday")
+    assert status == 400 and b"since must be a Unix time" in body
+
+
+def test_no_secret_anywhere(lab: Lab, outage: tuple[Monitor, Path, Path]) -> None:
+    """Neither password nor the AUTH PLAIN base64 string is in the journal file, the APIs or the page."""
+    monitor, _, db = outage
+    secrets = [lab.password, WRONG]
+    secrets += [base64.b64encode(f"\0{lab.user}\0{p}".encode()).decode() for p in (lab.password, WRONG)]
+    places = {
+        "journal": b"".join(path.read_bytes() for path in db.parent.glob(db.name + "*")),
+        "api/history": http_get(monitor.url + "/api/history?limit=1000")[1],
+        "api/status": http_get(monitor.url + "/api/status")[1],
+        "page": http_get(monitor.url + "/")[1],
+    }
+    for where, data in places.items():
+        for secret in secrets:
+            assert secret.encode() not in data, f"a secret leaked into {where}"
+
+
+def test_status_page_renders_in_chromium(outage: tuple[Monitor, Path, Path]) -> None:
+    """Headless Chromium renders the page: verdicts in words, the timeline and the outage's transcripts."""
+    monitor, _, _ = outage
+    chromium = shutil.which("chromium")
+    assert chromium, "the chromium Debian package is required for the page test"
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={artifacts / 'chromium-profile'}", "--window-size=1280,1800"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", monitor.url + "/"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-target="lab" data-verdict="ok"' in dom
+    assert "Everything works from support" in dom
+    assert 'data-target="lab-wrong-password" data-verdict="auth_failed"' in dom
+    assert "<svg" in dom and 'href="#failure-' in dom
+    assert "connect/refused" in dom
+    shot = artifacts / "status-page.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", monitor.url + "/"], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
