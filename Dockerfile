@@ -1,6 +1,7 @@
 # mailmon: a small runtime image. Build: docker build -t mailmon .
 # Run:  docker run -p 9917:9917 -v $PWD/config.yaml:/etc/mailmon/config.yaml:ro \
-#         -v /path/to/secrets:/run/secrets:ro mailmon
+#         -v /path/to/secrets:/run/secrets:ro -v mailmon-data:/var/lib/mailmon mailmon
+# The config's history.path should point under /var/lib/mailmon (a volume owned by the mailmon user).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,11 +13,13 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY monitor ./monitor
 # Runtime dependencies only (no test extras), then drop the sources.
-RUN pip install . && rm -rf /src
+RUN pip install . && rm -rf /src \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/mailmon --shell /usr/sbin/nologin mailmon \
+    && mkdir -p /var/lib/mailmon && chown 10001:10001 /var/lib/mailmon
 
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin mailmon
-USER mailmon
-WORKDIR /
+USER 10001:10001
+WORKDIR /var/lib/mailmon
+VOLUME ["/var/lib/mailmon"]
 
 EXPOSE 9917
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
