@@ -29,6 +29,7 @@ REASONS: tuple[str, ...] = (
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
 _X509_CERT_HAS_EXPIRED = 10
 _UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+_RESOLVER_SILENT = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
 
 
@@ -94,7 +95,8 @@ def _reason_of(exc: BaseException) -> str | None:
     if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
         return "reset"  # after refused: a peer that went away, however the library words it
     if isinstance(exc, socket.gaierror):
-        return "unreachable"
+        # The resolver did not answer (its problem, usually this vantage's) versus answered "no such name".
+        return "timeout" if exc.errno in _RESOLVER_SILENT else "unreachable"
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno in _UNREACHABLE_ERRNOS:
             return "unreachable"

@@ -36,7 +36,13 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
         try:
             await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise ProbeError("dns", "unreachable", f"this vantage cannot resolve {name}: {exc.strerror}") from exc
+            if exc.errno not in (socket.EAI_AGAIN, socket.EAI_FAIL):
+                # The resolver answered ("no such name"): it works. A missing record is the zone's fault,
+                # and the probes of that target report it; it must not blame this vantage.
+                ctx.note(f"{name}: {exc.strerror} (the resolver answered)")
+                continue
+            raise ProbeError("dns", "timeout", f"this vantage's resolver does not answer for {name}: "
+                                               f"{exc.strerror}") from exc
     ctx.step("route")
     addresses = {t.host for t in config.targets if _is_address(t.host)}
     if settings.reference is not None and _is_address(settings.reference[0]):

@@ -4,7 +4,8 @@ Rules are tried in order, first match wins (docs/verdicts.md has the table and t
 
 | # | verdict | when |
 |---|---------|------|
-| 1 | vantage_fault | this vantage's own selfcheck fails: its other failures say nothing about the server |
+| 1 | vantage_fault | this vantage's own selfcheck fails, or its resolver does not answer for a check: its other |
+|   |               | failures say nothing about the server |
 | 2 | unknown | no check of the target has finished yet |
 | 3 | unreachable | every check fails at the network or service level, on both the send and receive side |
 | 4 | smtp_down | every send-side check fails at the network/service level, and the receive side (if any) passes |
@@ -42,7 +43,7 @@ class Outcome:
     """What one result means for the verdict: which side of the mail flow, and what kind of failure."""
 
     side: str          # send | receive | delivery
-    kind: str | None   # None when ok; else network | service | tls | auth | delivery | junk | other
+    kind: str | None   # None when ok; else vantage | network | service | tls | auth | delivery | junk | other
     slow: bool = False
 
 
@@ -64,7 +65,10 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
     if result.ok:
         return Outcome(side, None, slow)
     stage, reason = result.stage, result.reason
-    if reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
+    if stage == "dns" and reason == "timeout":
+        # The resolver did not answer: that is this vantage's infrastructure, whatever the selfcheck says yet.
+        kind = "vantage"
+    elif reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
         kind = "tls"
     elif reason == "auth_rejected":
         kind = "auth"
@@ -92,9 +96,9 @@ def _up(outcomes: list[Outcome]) -> bool:
 
 def decide(outcomes: Iterable[Outcome], vantage_healthy: bool = True) -> str:
     """Apply the rule table to the outcomes of a target's checks at one vantage."""
-    if not vantage_healthy:
-        return "vantage_fault"
     items = list(outcomes)
+    if not vantage_healthy or any(o.kind == "vantage" for o in items):
+        return "vantage_fault"
     if not items:
         return "unknown"
     send = [o for o in items if o.side == "send"]

@@ -140,3 +140,10 @@ def test_probe_error_carries_its_fields() -> None:
     assert (exc.stage, exc.reason, exc.detail, exc.smtp_code) == ("rcpt", "reply_5xx", "550 no such user", 550)
     assert str(exc) == "rcpt/reply_5xx: 550 no such user"
     assert str(ProbeError("quit", "timeout")) == "quit/timeout"
+
+
+def test_silent_resolver_is_dns_timeout() -> None:
+    """A resolver that does not answer (EAI_AGAIN) is dns/timeout; "no such name" (EAI_NONAME) is dns/unreachable."""
+    assert classify(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "dns") == \
+        ("dns", "timeout")
+    assert classify(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "dns") == ("dns", "unreachable")

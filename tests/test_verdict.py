@@ -9,7 +9,7 @@ import pytest
 from monitor.result import Result
 from monitor.verdict import VERDICTS, Outcome, VerdictBoard, classify_result, decide
 
-KINDS = (None, "network", "service", "tls", "auth", "other")
+KINDS = (None, "vantage", "network", "service", "tls", "auth", "other")
 DELIVERY_KINDS = (None, "delivery", "junk", "other")
 
 
@@ -34,6 +34,10 @@ def result(check: str, stage: str | None = None, reason: str | None = None, via:
      "receive_down"),
     ([result("smtp", "connect", "refused"), result("imap", "connect", "timeout"), result("pop3", "dns", "unreachable")],
      "unreachable"),
+    # The resolver does not answer: this vantage's fault, never an SMTP outage.
+    ([result("smtp", "dns", "timeout"), result("imap"), result("pop3")], "vantage_fault"),
+    # The name does not exist (the resolver answered): the server's zone, seen as unreachable SMTP.
+    ([result("smtp", "dns", "unreachable"), result("imap"), result("pop3")], "smtp_down"),
     ([result("smtp", "tls", "cert_expired"), result("imap"), result("pop3")], "tls_problem"),
     ([result("smtp"), result("imap", "tls", "cert_invalid")], "tls_problem"),
     ([result("smtp", "auth", "auth_rejected"), result("imap")], "auth_failed"),
@@ -90,7 +94,7 @@ def test_invariants_hold_for_every_combination(send: str | bool | None, receive:
     verdict = decide(outcomes, vantage_healthy=healthy)
     assert verdict in VERDICTS
     down = ("network", "service")
-    if not healthy:
+    if not healthy or "vantage" in {o.kind for o in outcomes}:
         assert verdict == "vantage_fault"
         return
     if not outcomes:
