@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from monitor.verdict import VERDICTS
-from tests.conftest import ROOT, Lab, free_port, mailmon_command
+from tests.conftest import ROOT, Lab
+from tests.processes import Monitor, http_get, start_prometheus, wait_for
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "mailmon.json"
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "mailmon.yml"
@@ -312,28 +313,6 @@ def test_substitution_leaves_no_variable() -> None:
 # Live: a real monitor against the mail lab, scraped by a real Prometheus with the shipped rules
 
 
-def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _wait_for(predicate: Callable[[], Any], what: str, limit: float) -> Any:
-    deadline = time.monotonic() + limit
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {limit:.0f}s waiting for {what} (last: {last!r})")
-
-
 @dataclass
 class Stack:
     prometheus: str
@@ -342,7 +321,7 @@ class Stack:
     rules_problem: str | None  # why the rules were not loaded, if they were not
 
     def api(self, path: str, **params: str) -> dict[str, Any]:
-        status, body = _get(f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        status, body = http_get(f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}")
         data: dict[str, Any] = json.loads(body)
         assert status == 200 or data.get("status") == "error", f"HTTP {status}: {body[:300]!r}"
         return data
@@ -354,10 +333,9 @@ class Stack:
         return result
 
 
-def _monitor_config(lab: Lab, listen: str) -> str:
+def _monitor_config(lab: Lab) -> str:
     return f"""
 vantage: ci
-listen: {listen}
 defaults: {{interval: 2s, timeout: 2s}}
 probe_key: {{file: {lab.env["LAB_PROBE_KEY_FILE"]}}}
 targets:
@@ -377,51 +355,25 @@ targets:
 """
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`mailmon run` (2 s interval, round trips, a failing target) scraped every second by a real Prometheus
     under job="mailmon" with prometheus/rules/*.yml loaded; yields once there is enough data for every panel."""
     assert shutil.which("prometheus") and shutil.which("promtool"), "the prometheus Debian package is required"
     tmp = tmp_path_factory.mktemp("dashboard")
-    listen = f"127.0.0.1:{free_port()}"
     config = tmp / "mailmon.yaml"
-    config.write_text(_monitor_config(lab, listen))
-    monitor_log = (tmp / "mailmon.log").open("wb")
-    monitor = subprocess.Popen(mailmon_command("run", "--config", str(config)), cwd=ROOT, stdout=monitor_log,
-                               stderr=monitor_log, env={"PATH": "/usr/bin:/bin",
-                                                        "MAILMON_WRONG_PASSWORD": "Wr0ng-Dashboard-Secret"})
-    rule_files = sorted(str(p) for p in RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else []
+    config.write_text(_monitor_config(lab))
+    monitor = Monitor(config, tmp / "mailmon.log", env={"MAILMON_WRONG_PASSWORD": "Wr0ng-Dashboard-Secret"})
+    rule_files = sorted(RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else []
     rules_problem = None if rule_files else f"no rule files: {RULES_DIR}/*.yml does not exist"
     if rule_files:
-        checked = subprocess.run(["promtool", "check", "rules", *rule_files], capture_output=True, text=True,
-                                 timeout=60)
+        checked = subprocess.run(["promtool", "check", "rules", *map(str, rule_files)], capture_output=True,
+                                 text=True, timeout=60)
         if checked.returncode != 0:  # load none, so the dashboard's own queries are still tested
             rules_problem = f"promtool check rules failed:\n{checked.stdout}{checked.stderr}"
             rule_files = []
-    prometheus_config = tmp / "prometheus.yml"
-    prometheus_config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": rule_files,
-        "scrape_configs": [{"job_name": "mailmon", "static_configs": [{"targets": [listen]}]}],
-    }))
-    prometheus_listen = f"127.0.0.1:{free_port()}"
-    prometheus_log = (tmp / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen(["prometheus", f"--config.file={prometheus_config}",
-                                   f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address={prometheus_listen}"],
-                                  stdout=prometheus_log, stderr=prometheus_log)
+    prometheus, base = start_prometheus(tmp, [monitor.listen], rule_files, None)
     try:
-        base = f"http://{prometheus_listen}"
-        _wait_for(lambda: _get(f"{base}/-/ready")[0] == 200, "Prometheus to be ready", 60)
         found = Stack(base, "ci", ("lab", "lab-wrong-password"), rules_problem)
 
         def ready() -> bool:
@@ -430,13 +382,11 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             scrapes = found.query('count_over_time(up{job="mailmon"}[1m]) >= 15')
             return roundtrips == {"imap", "pop3"} and bool(failures) and bool(scrapes)
 
-        _wait_for(ready, "round trips via imap and pop3, a counted failure and 15 scrapes", 90)
+        wait_for(ready, "round trips via imap and pop3, a counted failure and 15 scrapes", 90, every=0.5)
         yield found
     finally:
-        _stop(prometheus)
-        _stop(monitor)
-        prometheus_log.close()
-        monitor_log.close()
+        prometheus.stop()
+        monitor.stop()
 
 
 def _query_with_retry(stack: Stack, expr: str, what: object, limit: float = 30.0) -> list[dict[str, Any]]:
@@ -521,7 +471,7 @@ def test_shipped_rules_evaluate_and_record(stack: Stack) -> None:
         rules = [r for g in groups for r in g["rules"]]
         return groups if rules and all(r["health"] != "unknown" for r in rules) else []
 
-    groups = _wait_for(evaluated, "every rule to be evaluated once", 30)
+    groups = wait_for(evaluated, "every rule to be evaluated once", 30, every=0.5)
     files = {Path(g["file"]).name for g in groups}
     assert files == {p.name for p in RULES_DIR.glob("*.yml")}
     unhealthy = [f"{g['name']}/{r['name']}: {r['health']} {r.get('lastError', '')}"

@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,30 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Lab, free_port, mailmon_command
+from tests.processes import http_get, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _wait_for(predicate, what: str, limit: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def _write_config(path: Path, lab: Lab, listen: str, password_file: Path) -> None:
@@ -77,7 +55,7 @@ def monitor_process(lab: Lab, tmp_path: Path) -> Iterator[tuple[str, subprocess.
                                    env={"PATH": "/usr/bin:/bin", "MAILMON_WRONG_PASSWORD": "Wr0ng-Secret-Value"})
     base = f"http://{listen}"
     try:
-        _wait_for(lambda: _get(base + "/-/healthy")[0] == 200, "the monitor to serve /-/healthy")
+        wait_for(lambda: http_get(base + "/-/healthy")[0] == 200, "the monitor to serve /-/healthy")
         yield base, process, stderr
     finally:
         if process.poll() is None:
@@ -97,7 +75,7 @@ def _successes(body: bytes) -> dict[tuple[str, str], float]:
 def test_every_series_exists_before_the_first_run(monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     """Right after start, every (target, check) has its success and failure series."""
     base, _, _ = monitor_process
-    status, body = _get(base + "/metrics")
+    status, body = http_get(base + "/metrics")
     assert status == 200
     assert set(_successes(body)) == {("lab", "smtp"), ("lab", "imap"), ("lab", "pop3"), ("lab-wrong-password", "smtp")}
     refused = (b'mailmon_check_failures_total{check="smtp",reason="refused",stage="connect",target="lab",'
@@ -108,8 +86,8 @@ def test_every_series_exists_before_the_first_run(monitor_process: tuple[str, su
 def test_scrape_passes_promtool(monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     """`promtool check metrics` finds no problem in a real scrape after the checks ran."""
     base, _, _ = monitor_process
-    _wait_for(lambda: _successes(_get(base + "/metrics")[1]).get(("lab", "pop3")) == 1.0, "pop3 to succeed")
-    _, body = _get(base + "/metrics")
+    wait_for(lambda: _successes(http_get(base + "/metrics")[1]).get(("lab", "pop3")) == 1.0, "pop3 to succeed")
+    _, body = http_get(base + "/metrics")
     checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == b"" and checked.stderr == b""
@@ -118,13 +96,17 @@ def test_scrape_passes_promtool(monitor_process: tuple[str, subprocess.Popen[byt
 def test_results_reach_metrics(monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     """Scheduled runs set success 1 for healthy checks and count auth/auth_rejected for the wrong password."""
     base, _, _ = monitor_process
-    _wait_for(lambda: all(_successes(_get(base + "/metrics")[1]).get(("lab", c)) == 1.0
-                          for c in ("smtp", "imap", "pop3")), "all lab checks to succeed")
-    _, body = _get(base + "/metrics")
     wrong = b'mailmon_check_failures_total{check="smtp",reason="auth_rejected",stage="auth",' \
             b'target="lab-wrong-password",vantage="ci",via=""}'
-    line = next(raw for raw in body.splitlines() if raw.startswith(wrong))
-    assert float(line.rsplit(b" ", 1)[1]) >= 1.0
+
+    def rejected(body: bytes) -> float:
+        line = next(raw for raw in body.splitlines() if raw.startswith(wrong))
+        return float(line.rsplit(b" ", 1)[1])
+
+    wait_for(lambda: all(_successes(http_get(base + "/metrics")[1]).get(("lab", c)) == 1.0
+                         for c in ("smtp", "imap", "pop3")), "all lab checks to succeed")
+    wait_for(lambda: rejected(http_get(base + "/metrics")[1]) >= 1.0, "the wrong password to be counted")
+    _, body = http_get(base + "/metrics")
     assert _successes(body)[("lab-wrong-password", "smtp")] == 0.0
 
 
@@ -132,8 +114,8 @@ def test_secrets_stay_out_of_metrics_and_logs(lab: Lab,
                                               monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     """Neither the real nor the wrong password appears in /metrics or the log, after failures were logged."""
     base, process, stderr = monitor_process
-    _wait_for(lambda: b"auth_rejected" in stderr.read_bytes(), "the wrong password failure to be logged")
-    _, body = _get(base + "/metrics")
+    wait_for(lambda: b"auth_rejected" in stderr.read_bytes(), "the wrong password failure to be logged")
+    _, body = http_get(base + "/metrics")
     process.terminate()
     process.wait(timeout=10)
     for secret in (lab.password, "Wr0ng-Secret-Value"):
@@ -164,7 +146,7 @@ def prometheus(tmp_path: Path, monitor_process: tuple[str, subprocess.Popen[byte
     process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                 f"--web.listen-address={listen}"], stdout=log, stderr=log)
     try:
-        _wait_for(lambda: _get(f"http://{listen}/-/ready")[0] == 200, "Prometheus to be ready")
+        wait_for(lambda: http_get(f"http://{listen}/-/ready")[0] == 200, "Prometheus to be ready")
         yield f"http://{listen}"
     finally:
         process.terminate()
@@ -177,9 +159,9 @@ def test_prometheus_scrapes_a_series_per_target_and_check(prometheus: str) -> No
     url = prometheus + "/api/v1/query?" + urllib.parse.urlencode({"query": "mailmon_check_success"})
 
     def series() -> set[tuple[str, str, str]]:
-        data = json.loads(_get(url)[1])
+        data = json.loads(http_get(url)[1])
         return {(s["metric"]["target"], s["metric"]["check"], s["metric"]["vantage"]) for s in data["data"]["result"]}
 
     expected = {("lab", "smtp", "ci"), ("lab", "imap", "ci"), ("lab", "pop3", "ci"),
                 ("lab-wrong-password", "smtp", "ci")}
-    assert _wait_for(lambda: series() == expected and series(), "Prometheus to hold every series") == expected
+    assert wait_for(lambda: series() == expected and series(), "Prometheus to hold every series") == expected
