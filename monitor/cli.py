@@ -1,7 +1,8 @@
-"""Command line: `mailmon run | check | validate`.
+"""Command line: `mailmon run | check | diagnose | history | validate`.
 
-Exit codes: 0 fine; 2 configuration error (every command), or CRITICAL for `check`; 3 UNKNOWN for
-`check` (nothing to check, or the monitor itself failed), as Nagios plugins use them.
+Exit codes: 0 fine; 2 configuration error (every command). `check` follows Nagios: 2 CRITICAL (a check
+failed), 3 UNKNOWN (nothing to check, or the monitor itself failed). `diagnose`: 1 the fault is on this
+side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
 """
 
 from __future__ import annotations

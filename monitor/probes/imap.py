@@ -92,7 +92,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             for piece in _pieces(d):
                 super().data_received(piece)
         except Exception as exc:  # the library's parser gave up (say, a tagged reply to no command of ours)
-            self.violated(f"unexpected response: {type(exc).__name__}: {str(exc)[:200]}")
+            # Not the library's message: it quotes the pending command, and that can be LOGIN with the password.
+            self.violated(f"a response the IMAP client cannot follow ({type(exc).__name__})")
             return
         if len(self.incomplete_line) > _LINE_LIMIT:
             self.violated(f"response line longer than {_LINE_LIMIT} bytes")
