@@ -81,14 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(what: str, error: ConfigError) -> None:
+    """Every problem of a file, one per line, under one heading; no traceback."""
+    count = len(error.problems)
+    print(f"mailmon: {what} is not valid ({count} problem{'s' if count != 1 else ''}):", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def _load(path: str) -> Config | None:
     try:
         return config_module.load(path)
     except ConfigError as exc:
-        print(f"mailmon: configuration is not valid ({len(exc.problems)} problem"
-              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _report("configuration", exc)
         return None
 
 
@@ -116,10 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 web = load_web_config(args.web_config)
             except ConfigError as exc:
-                print(f"mailmon: web config is not valid ({len(exc.problems)} problem"
-                      f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
-                for problem in exc.problems:
-                    print(f"  {problem}", file=sys.stderr)
+                _report("web config", exc)
                 return EXIT_CONFIG
         return asyncio.run(_run(config, args.listen, args.config, web))
     if args.command == "history":

@@ -694,7 +694,8 @@ _SELFCHECK_INTERVAL = 30.0
 _SELFCHECK_TIMEOUT = 5.0
 
 
-def _is_address(host: str) -> bool:
+def is_address(host: str) -> bool:
+    """True for an IP address literal (which needs no name resolution)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -714,7 +715,7 @@ def _load_selfcheck(reader: YamlReader, node: yaml.Node | None, interval: float,
     check_timeout = _get(reader, entries, "timeout", "selfcheck", reader.duration,
                          min(_SELFCHECK_TIMEOUT, check_interval))
     _check_timing(reader, entries, "selfcheck", check_interval, check_timeout)
-    names = tuple(dict.fromkeys(t.host for t in targets if not _is_address(t.host)))
+    names = tuple(dict.fromkeys(t.host for t in targets if not is_address(t.host)))
     resolve = _get(reader, entries, "resolve", "selfcheck", reader.string_list, names)
     reference: tuple[str, int] | None = None
     if "reference" in entries:

@@ -9,22 +9,13 @@ resolver (the one the probes use), the optional reference endpoint by a TCP conn
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 
-from monitor.config import Config, SelfcheckSettings
+from monitor.config import Config, SelfcheckSettings, is_address
 from monitor.errors import ProbeError
 from monitor.result import ProbeContext
 
 __all__ = ["probe"]
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) -> None:
@@ -44,8 +35,8 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
             raise ProbeError("dns", "timeout", f"this vantage's resolver does not answer for {name}: "
                                                f"{exc.strerror}") from exc
     ctx.step("route")
-    addresses = {t.host for t in config.targets if _is_address(t.host)}
-    if settings.reference is not None and _is_address(settings.reference[0]):
+    addresses = {t.host for t in config.targets if is_address(t.host)}
+    if settings.reference is not None and is_address(settings.reference[0]):
         addresses.add(settings.reference[0])
     for address in sorted(addresses):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -40,6 +40,17 @@ def wait_for(predicate: Callable[[], Any], what: str, limit: float = 30.0, every
     raise AssertionError(f"timed out after {limit:.0f}s waiting for {what} (last: {last!r})")
 
 
+def terminate(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 class Monitor:
     """A `mailmon run` process; `wrap` runs it inside a private mount namespace with its own hosts/resolv files."""
 
@@ -73,13 +84,7 @@ class Monitor:
         return None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         self.log.close()
 
 
@@ -92,13 +97,7 @@ class Daemon:
         wait_for(lambda: http_get(ready_url)[0] == 200, f"{command[0]} to be ready")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         self.log.close()
 
 

@@ -74,15 +74,19 @@ class Pop3Session:
         self.ctx.step("pass")
         await self.command(f"PASS {auth.password.reveal()}", "auth", shown="PASS ********", rejected="auth_rejected")
 
-    async def _line(self, stage: str) -> str:
+    async def _read_line(self, stage: str) -> str:
+        """One line from the server, without its line end; too long is a protocol error, EOF a reset."""
         assert self.reader is not None
         try:
             raw = await self.reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
-            raise ProbeError(stage, "protocol", f"reply line longer than {_LINE_LIMIT} bytes") from exc
+            raise ProbeError(stage, "protocol", f"line longer than {_LINE_LIMIT} bytes") from exc
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("the server closed the connection") from exc
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+    async def _line(self, stage: str) -> str:
+        line = await self._read_line(stage)
         self.ctx.heard(line)
         return line
 
@@ -102,16 +106,9 @@ class Pop3Session:
 
     async def multiline(self, stage: str, max_lines: int = 1_000_000) -> list[str]:
         """Read a dot-terminated multi-line body (after its +OK line), un-stuffing leading dots."""
-        assert self.reader is not None
         lines: list[str] = []
         while True:
-            try:
-                raw = await self.reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                raise ProbeError(stage, "protocol", f"line longer than {_LINE_LIMIT} bytes") from exc
-            except asyncio.IncompleteReadError as exc:
-                raise ConnectionResetError("the server closed the connection mid-response") from exc
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            line = await self._read_line(stage)
             if line == ".":
                 return lines
             lines.append(line[1:] if line.startswith("..") else line)
