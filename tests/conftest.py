@@ -47,6 +47,14 @@ class Lab:
     def password(self) -> str:
         return Path(self.env["LAB_PASSWORD_FILE"]).read_text()
 
+    def target_yaml(self, name: str, auth: str | None, *checks: str, host: str | None = None) -> str:
+        """A target block for a config file aimed at the lab; `auth` is e.g. `password_file: F` (None: no auth)."""
+        lines = [f"  - name: {name}", f"    host: {host or self.host}",
+                 f"    tls: {{ca_file: {self.ca}, server_name: {self.server_name}}}"]
+        if auth is not None:
+            lines.append(f"    auth: {{username: {self.user}, {auth}}}")
+        return "\n".join(lines + [f"    {check}" for check in checks]) + "\n"
+
     def control(self, *args: str) -> None:
         """Run a mail-lab subcommand (start/stop a daemon, ...), failing the test if it fails."""
         done = subprocess.run([str(MAIL_LAB), *args], capture_output=True, text=True, timeout=120)

@@ -22,13 +22,8 @@ def _config(tmp_path: Path, lab: Lab, password: str, extra: str = "") -> Path:
     path.write_text(f"""
 vantage: cli-test
 targets:
-  - name: lab
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {secret}}}
-    smtp: {{port: 587, tls: starttls, timeout: 5s}}
-    imap: {{port: 993, tls: implicit, timeout: 5s}}
-    pop3: {{port: 995, tls: implicit, timeout: 5s}}
+{lab.target_yaml("lab", f"password_file: {secret}", "smtp: {port: 587, tls: starttls, timeout: 5s}",
+                 "imap: {port: 993, tls: implicit, timeout: 5s}", "pop3: {port: 995, tls: implicit, timeout: 5s}")}\
 {extra}""")
     return path
 

@@ -339,20 +339,10 @@ vantage: ci
 defaults: {{interval: 2s, timeout: 2s}}
 probe_key: {{file: {lab.env["LAB_PROBE_KEY_FILE"]}}}
 targets:
-  - name: lab
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {lab.env["LAB_PASSWORD_FILE"]}}}
-    smtp: {{port: 587, tls: starttls}}
-    imap: {{port: 993, tls: implicit}}
-    pop3: {{port: 995, tls: implicit}}
-    roundtrip: {{via: [imap, pop3]}}
-  - name: lab-wrong-password
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_env: MAILMON_WRONG_PASSWORD}}
-    smtp: {{port: 465, tls: implicit}}
-"""
+{lab.target_yaml("lab", f"password_file: {lab.env['LAB_PASSWORD_FILE']}", "smtp: {port: 587, tls: starttls}",
+                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}",
+                 "roundtrip: {via: [imap, pop3]}")}\
+{lab.target_yaml("lab-wrong-password", "password_env: MAILMON_WRONG_PASSWORD", "smtp: {port: 465, tls: implicit}")}"""
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,8 @@ vantage: {name}
 listen: {listen}
 defaults: {{interval: 2s, timeout: 2s}}
 targets:
-  - name: lab
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {secret}}}
-    smtp: {{port: {smtp_port}, tls: starttls}}
-    imap: {{port: 993, tls: implicit}}
-""")
+{lab.target_yaml("lab", f"password_file: {secret}", f"smtp: {{port: {smtp_port}, tls: starttls}}",
+                 "imap: {port: 993, tls: implicit}")}""")
     return path
 
 

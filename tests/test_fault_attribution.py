@@ -37,14 +37,8 @@ vantage: {vantage}
 defaults: {{interval: {INTERVAL:g}s, timeout: 3s}}
 probe_key: {{file: {key}}}
 targets:
-  - name: lab
-    host: {host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {secret}}}
-    smtp: {{port: {smtp_port}, tls: starttls}}
-    imap: {{port: 993, tls: implicit}}
-    pop3: {{port: 995, tls: implicit}}
-{trip}""")
+{lab.target_yaml("lab", f"password_file: {secret}", f"smtp: {{port: {smtp_port}, tls: starttls}}",
+                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}", host=host)}{trip}""")
     return path
 
 

@@ -34,18 +34,9 @@ vantage: support
 defaults: {{interval: 2s, timeout: 2s}}
 history: {{path: {db}}}
 targets:
-  - name: lab
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {secret}}}
-    smtp: {{port: 587, tls: starttls}}
-    imap: {{port: 993, tls: implicit}}
-  - name: lab-wrong-password
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {wrong}}}
-    smtp: {{port: 465, tls: implicit}}
-""")
+{lab.target_yaml("lab", f"password_file: {secret}", "smtp: {port: 587, tls: starttls}",
+                 "imap: {port: 993, tls: implicit}")}\
+{lab.target_yaml("lab-wrong-password", f"password_file: {wrong}", "smtp: {port: 465, tls: implicit}")}""")
     monitor = Monitor(config, tmp_path / "monitor.log")
     try:
         wait_for(lambda: monitor.verdict("lab") == "ok", "the lab to be ok", limit=20)

@@ -26,19 +26,9 @@ vantage: ci
 listen: {listen}
 defaults: {{interval: 2s, timeout: 2s}}
 targets:
-  - name: lab
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_file: {password_file}}}
-    smtp: {{port: 587, tls: starttls}}
-    imap: {{port: 993, tls: implicit}}
-    pop3: {{port: 995, tls: implicit}}
-  - name: lab-wrong-password
-    host: {lab.host}
-    tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}
-    auth: {{username: {lab.user}, password_env: MAILMON_WRONG_PASSWORD}}
-    smtp: {{port: 465, tls: implicit}}
-""")
+{lab.target_yaml("lab", f"password_file: {password_file}", "smtp: {port: 587, tls: starttls}",
+                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}")}\
+{lab.target_yaml("lab-wrong-password", "password_env: MAILMON_WRONG_PASSWORD", "smtp: {port: 465, tls: implicit}")}""")
 
 
 @pytest.fixture
