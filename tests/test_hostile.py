@@ -355,3 +355,14 @@ def test_matrix_is_big_enough() -> None:
     hostile = [case for case in CASES if case.expected != OK]
     assert len(hostile) >= 20
     assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "code"), [("smtp-ehlo-final-line-550", 550), ("smtp-starttls-454", 454),
+                                            ("smtp-rcpt-550", 550)])
+async def test_rejecting_reply_is_the_one_recorded(name: str, code: int, tls_material: TlsMaterial) -> None:
+    """The reply that failed the check is the last SMTP reply recorded (code, text and transcript)."""
+    case = next(c for c in CASES if c.id == name)
+    result = await run_case(case, tls_material)
+    assert result.smtp_code == code
+    assert result.smtp_reply is not None and result.smtp_reply.startswith(str(code))
+    assert any(line.startswith(f"S: {code}") for line in result.transcript)

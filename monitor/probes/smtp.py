@@ -31,6 +31,22 @@ def record_reply(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
         ctx.heard(f"{response.code} {line}")
 
 
+def _rejected(ctx: ProbeContext, stage: str, exc: aiosmtplib.SMTPResponseException, what: str = "",
+              reason: str | None = None) -> ProbeError:
+    """Record a reply that aiosmtplib raised instead of returning, and turn it into the failure of `stage`."""
+    record_reply(ctx, aiosmtplib.SMTPResponse(exc.code, exc.message))
+    return ProbeError(stage, reason or reply_reason(exc.code), f"{what}{exc.code} {exc.message}", smtp_code=exc.code)
+
+
+async def _ehlo(ctx: ProbeContext, client: aiosmtplib.SMTP, helo: str) -> None:
+    ctx.say(f"EHLO {helo}")
+    try:
+        response = await client.ehlo()
+    except aiosmtplib.SMTPResponseException as exc:  # any reply but 250 is raised, not returned
+        raise _rejected(ctx, "ehlo", exc) from exc
+    _expect(ctx, response, "ehlo", 250)
+
+
 def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *codes: int) -> None:
     record_reply(ctx, response)
     if response.code not in codes:
@@ -45,7 +61,7 @@ async def _command(ctx: ProbeContext, client: aiosmtplib.SMTP, stage: str, line:
     try:
         response = await client.execute_command(*line.encode().split(b" "))
     except aiosmtplib.SMTPResponseException as exc:  # aiosmtplib raises on 421 itself
-        raise ProbeError(stage, reply_reason(exc.code), f"{exc.code} {exc.message}", smtp_code=exc.code) from exc
+        raise _rejected(ctx, stage, exc) from exc
     _expect(ctx, response, stage, *codes)
     return response
 
@@ -72,16 +88,12 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             ctx.step("banner")
         try:
             banner = await client.connect()
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            ctx.heard(f"{exc.code} {exc.message}")
-            ctx.smtp_code, ctx.smtp_reply = exc.code, f"{exc.code} {exc.message}"
-            raise ProbeError("greeting", reply_reason(exc.code), f"{exc.code} {exc.message}",
-                             smtp_code=exc.code) from exc
+        except aiosmtplib.SMTPResponseException as exc:  # a refusing or malformed banner
+            raise _rejected(ctx, "greeting", exc) from exc
         _expect(ctx, banner, "greeting", 220)
         helo = client.local_hostname or "localhost"
         ctx.step("ehlo")
-        ctx.say(f"EHLO {helo}")
-        _expect(ctx, await client.ehlo(), "ehlo", 250)
+        await _ehlo(ctx, client, helo)
         if check.tls_mode == "starttls":
             ctx.step("starttls")
             if not client.supports_extension("starttls"):
@@ -90,12 +102,10 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             try:
                 response = await client.starttls(server_hostname=target.server_name, tls_context=tls_context)
             except aiosmtplib.SMTPResponseException as exc:
-                raise ProbeError("tls", reply_reason(exc.code), f"STARTTLS refused: {exc.code} {exc.message}",
-                                 smtp_code=exc.code) from exc
+                raise _rejected(ctx, "tls", exc, "STARTTLS refused: ") from exc
             record_reply(ctx, response)
             ctx.step("ehlo_tls")
-            ctx.say(f"EHLO {helo}")
-            _expect(ctx, await client.ehlo(), "ehlo", 250)
+            await _ehlo(ctx, client, helo)
         if check.use_auth and target.auth is not None:
             ctx.step("auth")
             await _authenticate(ctx, client, target, check.auth_mechanism)
@@ -118,10 +128,7 @@ async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Targ
     try:
         response = await method(target.auth.username, target.auth.password.reveal())
     except aiosmtplib.SMTPAuthenticationError as exc:
-        ctx.heard(f"{exc.code} {exc.message}")
-        ctx.smtp_code, ctx.smtp_reply = exc.code, f"{exc.code} {exc.message}"
-        reason = "auth_rejected" if exc.code in _AUTH_REJECTED else reply_reason(exc.code)
-        raise ProbeError("auth", reason, f"{exc.code} {exc.message}", smtp_code=exc.code) from exc
+        raise _rejected(ctx, "auth", exc, reason="auth_rejected" if exc.code in _AUTH_REJECTED else None) from exc
     record_reply(ctx, response)
 
 
