@@ -62,7 +62,6 @@ class App:
             ("GET", "/api/history"): self._api_history,
             ("GET", "/"): self._index,
         }, authorize=self.web.authorized if self.web.users else None)
-        self.stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -95,7 +94,6 @@ class App:
         await self.http.stop()
         if self.history is not None:
             await asyncio.to_thread(self.history.close)
-        self.stopped.set()
 
     async def reload(self) -> bool:
         """Re-read the config file; on any problem keep running the old one. Returns success."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from monitor import __version__
 from monitor import config as config_module
 from monitor.config import Config, ConfigError
+from monitor.errors import MailmonError
 from monitor.logs import setup_logging
 from monitor.result import Result
 
@@ -142,8 +143,13 @@ async def _run(config: Config, listen: str | None, path: str, web: WebConfig | N
     app = App(config, listen=listen, config_path=path, web=web)
     try:
         await app.start()
+    except MailmonError as exc:  # the history file cannot be used
+        print(f"mailmon: {exc}", file=sys.stderr)
+        await app.stop()
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"mailmon: cannot listen on {listen or config.listen}: {exc.strerror}", file=sys.stderr)
+        await app.stop()
         return EXIT_CONFIG
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
