@@ -33,7 +33,8 @@ ENVIRON = {"KEY": "k" * 32, "PASSWORD": "secret"}
 # Fragments that YAML and our schema both find interesting.
 TOKENS = ["vantage:", "targets:", "- ", "name:", "host:", "smtp:", "imap:", "pop3:", "roundtrip:", "port:", "tls:",
           "interval:", "timeout:", "15s", "0s", "-1", "99999", "{", "}", "[", "]", ":", ",", "&a", "*a",
-          "!!python/object", "!!binary", "~", "null", "yes", "1e400", "'", '"', "\t", "\n", "  ", "---", "...", "%YAML 1.1", "\x00", "é"]
+          "!!python/object", "!!binary", "~", "null", "yes", "1e400", "'", '"', "\t", "\n", "  ", "---", "...",
+          "%YAML 1.1", "\x00", "é"]
 
 
 def _load(text: str) -> None:
