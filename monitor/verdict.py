@@ -126,6 +126,7 @@ class VerdictBoard:
 
     def __init__(self, timeouts: dict[tuple[str, str], float] | None = None) -> None:
         self._results: dict[str, dict[str, Result]] = {}
+        self._expected: dict[str, set[str]] = {}
         self._verdicts: dict[str, str] = {}
         self._timeouts = timeouts or {}
         self.vantage_healthy = True
@@ -133,6 +134,7 @@ class VerdictBoard:
     def reset(self, targets: dict[str, set[str]], timeouts: dict[tuple[str, str], float]) -> None:
         """Follow a (re)loaded configuration: `targets` maps each target to its check keys."""
         self._timeouts = timeouts
+        self._expected = {name: set(keys) for name, keys in targets.items()}
         self._results = {name: {key: r for key, r in self._results.get(name, {}).items() if key in keys}
                          for name, keys in targets.items()}
         self._verdicts = {name: self._decide(name) for name in targets}
@@ -158,9 +160,13 @@ class VerdictBoard:
         return list(self._results.get(target, {}).values())
 
     def _decide(self, target: str) -> str:
-        outcomes = [classify_result(r, self._timeouts.get((target, key)))
-                    for key, r in self._results.get(target, {}).items()]
-        return decide(outcomes, self.vantage_healthy)
+        results = self._results.get(target, {})
+        outcomes = [classify_result(r, self._timeouts.get((target, key))) for key, r in results.items()]
+        verdict = decide(outcomes, self.vantage_healthy)
+        if verdict == "ok" and not self._expected.get(target, set()) <= set(results):
+            # Healthy so far, but not every check has reported yet: not shown to work, so not "ok" yet.
+            return "unknown"
+        return verdict
 
 
 _PROTOCOL_NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "roundtrip": "the round trip"}

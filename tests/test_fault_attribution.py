@@ -110,7 +110,8 @@ def test_broken_resolver_is_a_vantage_fault(vantage: tuple[Monitor, Path]) -> No
 
     wait_for(faulted, "verdict vantage_fault", limit=REACT, every=0.05)
     assert time.monotonic() - started < REACT
-    assert not seen & {"smtp_down", "receive_down", "unreachable"}, seen
+    log = monitor.log.name
+    assert not seen & {"smtp_down", "receive_down", "unreachable"}, (seen, Path(log).read_text()[-3000:])
     wait_for(lambda: 'mailmon_selfcheck_success{vantage="office"} 0.0' in monitor.metrics(),
              "the selfcheck to fail too", limit=REACT - (time.monotonic() - started))
     hosts.write_text(original)

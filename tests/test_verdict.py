@@ -148,3 +148,13 @@ def test_board_forgets_checks_that_left_the_config() -> None:
     assert board.verdict("t") == "receive_down"
     board.reset({"t": {"smtp"}}, {})
     assert board.verdict("t") == "ok"
+
+
+def test_board_is_not_ok_before_every_check_reported() -> None:
+    """Passing results of some checks, with others not run yet, are `unknown`, not `ok`; a failure shows at once."""
+    board = VerdictBoard()
+    board.reset({"t": {"smtp", "imap"}}, {})
+    assert board.record(result("imap")) == "unknown"
+    assert board.record(result("smtp")) == "ok"
+    board.reset({"u": {"smtp", "imap"}}, {})
+    assert board.record(result("imap", "connect", "refused", target="u")) == "receive_down"
