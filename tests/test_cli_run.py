@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -46,3 +47,27 @@ def test_port_in_use_exits_2(tmp_path: Path) -> None:
         done = _run("--config", str(_config(tmp_path)), "--listen", f"127.0.0.1:{port}")
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_json_logs_one_object_per_line(tmp_path: Path) -> None:
+    """--log.format json writes one JSON object per line, a failed probe with its stage and reason as fields."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"vantage: v\ndefaults: {{interval: 1s, timeout: 1s}}\ntargets:\n  - name: closed\n"
+                      f"    host: 127.0.0.1\n    smtp: {{port: {free_port()}, tls: none}}\n")
+    process = subprocess.Popen(mailmon_command("run", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}",
+                                               "--log.format", "json", "--log.level", "info"),
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[dict[str, object]] = []
+        assert process.stderr is not None
+        for raw in process.stderr:
+            lines.append(json.loads(raw))
+            if lines[-1].get("msg") == "check failed":
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    failed = lines[-1]
+    assert failed["level"] == "warning" and failed["target"] == "closed"
+    assert (failed["stage"], failed["reason"]) == ("connect", "refused")
+    assert any(line.get("msg") == "mailmon started" for line in lines)
