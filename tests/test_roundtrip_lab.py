@@ -94,37 +94,23 @@ async def test_imap_long_tail_uses_idle(lab: Lab, clean_inbox: None) -> None:
     assert probe_messages(lab) == []
 
 
-async def test_held_mail_is_not_delivered_then_late_and_cleaned(lab: Lab, clean_inbox: None) -> None:
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_held_mail_is_not_delivered_then_late_and_cleaned(lab: Lab, clean_inbox: None, protocol: str) -> None:
     """Accepted but held: delivery/not_delivered at the deadline; once released it is counted late and swept."""
     target = roundtrip_target(lab, timeout=6.0)
     counts = Counts()
     lab.control("hold", "on")
-    held = await runner(counts=counts).execute(target, via(target, "imap"))
+    held = await runner(counts=counts).execute(target, via(target, protocol))
     assert (held.stage, held.reason) == ("delivery", "not_delivered")
     assert held.queue_id is not None and held.queue_id in held.detail
     assert held.duration_seconds < 6.0 + 1.0
     lab.control("hold", "off")
     await _wait_until(lambda: len(probe_messages(lab)) == 1, "the released message to arrive")
     await _past_signed_deadline(held)
-    after = await runner(counts=counts).execute(target, via(target, "imap"))
+    after = await runner(counts=counts).execute(target, via(target, protocol))
     assert after.ok, after.detail
-    assert counts.late == [("lab", "imap", 1)]
+    assert counts.late == [("lab", protocol, 1)]
     assert counts.swept == [("lab", 1)]
-    assert probe_messages(lab) == []
-
-
-async def test_pop3_sweeper_also_counts_late(lab: Lab, clean_inbox: None) -> None:
-    """The POP3 read-back sweeps a late probe message too, and counts it under its own via."""
-    target = roundtrip_target(lab, timeout=6.0)
-    counts = Counts()
-    lab.control("hold", "on")
-    held = await runner(counts=counts).execute(target, via(target, "pop3"))
-    assert (held.stage, held.reason) == ("delivery", "not_delivered")
-    lab.control("hold", "off")
-    await _wait_until(lambda: len(probe_messages(lab)) == 1, "the released message to arrive")
-    await _past_signed_deadline(held)
-    assert (await runner(counts=counts).execute(target, via(target, "pop3"))).ok
-    assert counts.late == [("lab", "pop3", 1)]
     assert probe_messages(lab) == []
 
 
