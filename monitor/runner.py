@@ -42,7 +42,7 @@ class Runner:
             try:
                 sink(result)
             except Exception:  # one broken sink must not stop the others or the schedule
-                log.exception("a result sink failed for %s/%s", target.name, check.name)
+                log.exception("a result sink failed for %s/%s", target.name, check.key)
         return result
 
     async def execute(self, target: Target, check: CheckSettings) -> Result:
@@ -67,7 +67,7 @@ class Runner:
             finished, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
             if not finished:
                 log.warning("probe %s/%s did not stop within %ss of cancellation",
-                            target.name, check.name, _CANCEL_GRACE)
+                            target.name, check.key, _CANCEL_GRACE)
         else:
             # A probe that ended cancelled on its own (not by us) is a failure of its step, not a crash.
             exc = asyncio.CancelledError("the probe was cancelled") if task.cancelled() else task.exception()
@@ -79,7 +79,7 @@ class Runner:
                 if isinstance(exc, ProbeError) and exc.smtp_code is not None:
                     ctx.smtp_code = exc.smtp_code
                 if reason == "internal":
-                    log.error("probe %s/%s raised an unexpected error", target.name, check.name, exc_info=exc)
+                    log.error("probe %s/%s raised an unexpected error", target.name, check.key, exc_info=exc)
         if stage is not None:
             ctx.note(f"failed at {stage}: {reason}: {detail}")
         return Result(
