@@ -7,6 +7,10 @@ advertised mechanism after a rejection, and each retry deepens the server's auth
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+
 import aiosmtplib
 
 from monitor.config import CheckSettings, Target, default_helo_name
@@ -38,12 +42,33 @@ def _rejected(ctx: ProbeContext, stage: str, exc: aiosmtplib.SMTPResponseExcepti
     return ProbeError(stage, reason or reply_reason(exc.code), f"{what}{exc.code} {exc.message}", smtp_code=exc.code)
 
 
-async def _ehlo(ctx: ProbeContext, client: aiosmtplib.SMTP, helo: str) -> None:
+def _quick_ack(client: aiosmtplib.SMTP) -> None:
+    """Acknowledge the server's next segments at once (Linux TCP_QUICKACK).
+
+    With TLS 1.3 the server sends session tickets right after the handshake; a fast client's EHLO goes out
+    before them, so nothing carries the ACK for the tickets, the kernel delays it ~40 ms, and the server's
+    Nagle-delayed 250 waits for it. Measured (bench/accuracy_vs_swaks.py): ehlo_tls 44 ms in 39 of 44 runs
+    against Postfix, a stall of the prober's own making that would read as a slow server.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = client.transport.get_extra_info("socket") if client.transport is not None else None
+    if quickack is not None and sock is not None:
+        with contextlib.suppress(OSError):  # not a TCP socket we may tune: the figure is merely less exact
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+
+async def _ehlo(ctx: ProbeContext, client: aiosmtplib.SMTP, helo: str, quick_ack: bool = False) -> None:
     ctx.say(f"EHLO {helo}")
+    sending = asyncio.ensure_future(client.ehlo())
     try:
-        response = await client.ehlo()
+        if quick_ack:
+            await asyncio.sleep(0)  # let the EHLO go out first: the kernel leaves quick-ACK mode on sending
+            _quick_ack(client)
+        response = await sending
     except aiosmtplib.SMTPResponseException as exc:  # any reply but 250 is raised, not returned
         raise _rejected(ctx, "ehlo", exc) from exc
+    finally:
+        sending.cancel()  # only does something when we were cancelled (the deadline) while it ran
     _expect(ctx, response, "ehlo", 250)
 
 
@@ -105,7 +130,7 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
                 raise _rejected(ctx, "tls", exc, "STARTTLS refused: ") from exc
             record_reply(ctx, response)
             ctx.step("ehlo_tls")
-            await _ehlo(ctx, client, helo)
+            await _ehlo(ctx, client, helo, quick_ack=True)
         if check.use_auth and target.auth is not None:
             ctx.step("auth")
             await _authenticate(ctx, client, target, check.auth_mechanism)
