@@ -7,6 +7,7 @@ keys are errors rather than silently ignored typos.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -758,6 +759,7 @@ def load(path: str, environ: dict[str, str] | None = None) -> Config:
     return load_text(text, path, environ)
 
 
+@functools.cache
 def default_helo_name() -> str:
-    """The name we announce in EHLO when the config names none."""
+    """The name we announce in EHLO when the config names none; looked up once (it can block on DNS)."""
     return socket.getfqdn() or "mailmon.localdomain"

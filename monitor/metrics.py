@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from monitor import __version__
 from monitor.config import CheckSettings, Target
@@ -19,6 +19,10 @@ from monitor.result import PHASE_STAGE, Result
 from monitor.verdict import VERDICTS
 
 __all__ = ["Metrics", "expected_phases", "possible_failures"]
+
+# The `_created` twin of every counter and histogram doubles the samples a scrape renders (measured: half the
+# render time at 5,000 targets, bench/metrics_render.py) and Prometheus does not use it from the text format.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # `via` is the read-back protocol of a round trip and empty for the other checks (PromQL treats it as absent).
 _TARGET = ("vantage", "target", "check", "via")

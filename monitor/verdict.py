@@ -148,10 +148,13 @@ class VerdictBoard:
         return verdict
 
     def set_vantage_health(self, healthy: bool) -> dict[str, str]:
-        """Record the selfcheck outcome; returns every target's verdict after it."""
+        """Record the selfcheck outcome; returns the verdicts that changed (all targets' only when health did)."""
+        if healthy == self.vantage_healthy:
+            return {}
         self.vantage_healthy = healthy
+        before = self._verdicts
         self._verdicts = {name: self._decide(name) for name in self._results}
-        return dict(self._verdicts)
+        return {name: verdict for name, verdict in self._verdicts.items() if before.get(name) != verdict}
 
     def verdict(self, target: str) -> str:
         return self._verdicts.get(target, "unknown")
