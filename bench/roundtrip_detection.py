@@ -120,7 +120,7 @@ async def one(target: Target, via: str, fast: bool, watch: MaildirWatch) -> tupl
 
 def summary(name: str, delays: list[float], reals: list[float]) -> str:
     ordered = sorted(delays)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return (f"{name:10s} n={len(delays):3d}  detection delay median {statistics.median(delays) * 1000:7.1f} ms"
             f"  p95 {p95 * 1000:7.1f} ms   (real delivery median {statistics.median(reals) * 1000:6.1f} ms)")
 
