@@ -11,7 +11,9 @@ so that all see the same server state. Clients:
   mailmon-tls12     the same with the check's `tls_max: "1.2"` (an existing CheckSettings field): a control, no
                     TLS 1.3 NewSessionTicket after the handshake
   mailmon-quickack  the same as `mailmon` with a bench-side monkeypatch (monitor/ is not changed) that sets
-                    TCP_QUICKACK on the socket right after each SMTP command is written: the candidate fix
+                    TCP_QUICKACK on the socket right after each SMTP command is written: the candidate fix (since
+                    commit 7db8237 the probe itself does this after the post-STARTTLS EHLO, so on later code this
+                    variant differs from `mailmon` only on the other commands)
   swaks             one process per run: process wall time, its CPU, the sum of its `--show-time-lapse`
                     "response in" figures (1 ms resolution; replies only, no connect/TLS)
   wire              for every client: the connection on the loopback interface, from the client's SYN to the first
