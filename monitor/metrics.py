@@ -147,7 +147,7 @@ class Metrics:
         self.lag = Histogram("mailmon_scheduler_lag_seconds",
                              "Delay between when a run was due and when it started (concurrency limit, load).",
                              ("vantage",), registry=registry,
-                             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+                             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.reload_ok = Gauge("mailmon_config_last_reload_successful",
                                "1 if the last configuration load succeeded.", registry=registry)
         self.reload_time = Gauge("mailmon_config_last_reload_success_timestamp_seconds",
