@@ -178,6 +178,9 @@ class HistorySettings:
     max_bytes: int = 200 * 1000 * 1000
 
 
+FAILURE_SERIES = ("all", "on_failure")
+
+
 @dataclass(frozen=True)
 class Config:
     vantage: str
@@ -191,6 +194,9 @@ class Config:
     probe_key: Secret | None = None
     selfcheck: SelfcheckSettings = field(default_factory=SelfcheckSettings)
     history: HistorySettings | None = None
+    # Which failure counters exist before their first failure: "all" (every (stage, reason) pair a check can
+    # produce, at 0) or "on_failure" (a pair appears when it first happens: ~70 % fewer series, for big fleets).
+    failure_series: str = "all"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -603,7 +609,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
     entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "selfcheck",
-                                        "history", "targets"))
+                                        "history", "metrics", "targets"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -625,6 +631,11 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     concurrency = _get(reader, entries, "concurrency", "", lambda n, p: reader.integer(n, p, 1, 100000),
                        DEFAULT_CONCURRENCY)
 
+    failure_series = "all"
+    if "metrics" in entries:
+        metrics = reader.mapping(entries["metrics"][1], "metrics", ("failure_series",))
+        failure_series = _get(reader, metrics, "failure_series", "metrics",
+                              lambda n, p: reader.choice(n, p, FAILURE_SERIES), failure_series)
     probe_key = _load_probe_key(reader, entries["probe_key"][1], environ) if "probe_key" in entries else None
     targets: list[Target] = []
     if "targets" not in entries:
@@ -656,7 +667,8 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
-                  targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck, history=history)
+                  targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck, history=history,
+                  failure_series=failure_series)
 
 
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$")

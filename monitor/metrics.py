@@ -8,13 +8,16 @@ timestamp or certificate expiry of 0 means "unknown".
 
 from __future__ import annotations
 
-import contextlib
 import platform
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import __version__
 from monitor.config import CheckSettings, Target
+from monitor.exposition import Exposition, format_value, label_text
 from monitor.result import PHASE_STAGE, Result
 from monitor.verdict import VERDICTS
 
@@ -87,57 +90,97 @@ def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
     return pairs
 
 
-class Metrics:
-    """The metric families of one monitor instance, registered on `registry`."""
+class _CheckState:
+    """The values behind one (target, check)'s series, and its label text."""
 
-    def __init__(self, registry: CollectorRegistry, vantage: str) -> None:
+    __slots__ = ("cert_expiry", "check", "duration", "failures", "labels", "last_attempt", "last_success", "phases",
+                 "rest", "runs", "skipped", "smtp_code", "success")
+
+    def __init__(self, vantage: str, target: str, check: str, via: str, phases: Iterable[str],
+                 failures: Iterable[tuple[str, str]], smtp_code: bool) -> None:
+        # Label names in sorted order, as prometheus_client writes them: phase, reason and stage go between
+        # `check` and the rest.
+        self.check = label_text(("check",), (check,))
+        self.rest = label_text(("target", "vantage", "via"), (target, vantage, via))
+        self.labels = f"{self.check},{self.rest}"
+        self.success = self.duration = self.runs = self.skipped = 0.0
+        self.last_attempt = self.last_success = self.cert_expiry = 0.0
+        self.smtp_code: float | None = 0.0 if smtp_code else None
+        self.phases: dict[str, float] = dict.fromkeys(phases, 0.0)
+        self.failures: dict[tuple[str, str], float] = dict.fromkeys(failures, 0.0)
+
+
+class _RoundtripState:
+    """The buckets of one (target, via) round-trip histogram and its late counter."""
+
+    __slots__ = ("buckets", "count", "labels", "late", "sum")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.buckets = [0.0] * len(ROUNDTRIP_BUCKETS)
+        self.count = self.sum = self.late = 0.0
+
+
+_LE = [f'le="{format_value(bound)}"' for bound in ROUNDTRIP_BUCKETS]
+
+
+class Metrics:
+    """The metric families of one monitor instance.
+
+    Per-target series (the many) live in an `Exposition`, rendered when they change; the few process-wide ones
+    (selfcheck, scheduler lag, reload, build) are prometheus_client metrics in a registry of their own. `registry`
+    gets one collector that yields both, so `registry.get_sample_value()` and `generate_latest(registry)` still see
+    everything; `/metrics` serves `exposition()`, which joins the pre-rendered text.
+    """
+
+    def __init__(self, registry: CollectorRegistry, vantage: str, failure_series: str = "all") -> None:
         self.vantage = vantage
-        self.success = Gauge("mailmon_check_success", "1 if the last run of the check succeeded, else 0.",
-                             _TARGET, registry=registry)
-        self.duration = Gauge("mailmon_check_duration_seconds", "Wall time of the last run of the check.",
-                              _TARGET, registry=registry)
-        self.phase = Gauge("mailmon_check_phase_duration_seconds",
-                           "Time spent in each protocol step during the last run of the check.",
-                           (*_TARGET, "phase"), registry=registry)
-        self.runs = Counter("mailmon_check_runs_total", "Runs of the check, successful or not.",
-                            _TARGET, registry=registry)
-        self.failures = Counter("mailmon_check_failures_total", "Failed runs of the check, by stage and reason.",
-                                (*_TARGET, "stage", "reason"), registry=registry)
-        self.skipped = Counter("mailmon_check_skipped_total",
-                               "Runs skipped because the previous run of the check was still going when it was due.",
-                               _TARGET, registry=registry)
-        self.last_attempt = Gauge("mailmon_check_last_attempt_timestamp_seconds",
-                                  "Unix time when the last run of the check started (0: never).",
-                                  _TARGET, registry=registry)
-        self.last_success = Gauge("mailmon_check_last_success_timestamp_seconds",
-                                  "Unix time when the last successful run of the check started (0: never).",
-                                  _TARGET, registry=registry)
-        self.smtp_code = Gauge("mailmon_smtp_last_reply_code",
-                               "Last SMTP reply code the server sent in the check (0: none yet).",
-                               _TARGET, registry=registry)
-        self.cert_expiry = Gauge("mailmon_tls_cert_expiry_timestamp_seconds",
-                                 "notAfter of the server certificate seen by the last TLS handshake (0: unknown).",
-                                 _TARGET, registry=registry)
-        self.roundtrip = Histogram("mailmon_roundtrip_seconds",
-                                   "Time from the server accepting a probe message to it being visible in the mailbox.",
-                                   ("vantage", "target", "via"), registry=registry, buckets=ROUNDTRIP_BUCKETS)
-        self.roundtrip_late = Counter("mailmon_roundtrip_late_total",
-                                      "Probe messages that became visible only after their round trip's deadline.",
-                                      ("vantage", "target", "via"), registry=registry)
-        self.swept = Counter("mailmon_roundtrip_swept_total",
-                             "Stale probe messages (late arrivals, leftovers) the sweeper deleted.",
-                             ("vantage", "target"), registry=registry)
-        self.verdict = Gauge("mailmon_verdict",
-                             "Where the fault is for the target, seen from this vantage: one series per verdict, "
-                             "1 for the current one (state set).", ("vantage", "target", "verdict"), registry=registry)
+        # "all": every failure counter a check can produce exists from the start, at 0; "on_failure": a
+        # counter appears with its first failure (config `metrics.failure_series`, docs/metrics.md).
+        self.precreate_failures = failure_series == "all"
+        text = self._text = Exposition()
+        self.success = text.family("mailmon_check_success", "gauge",
+                                   "1 if the last run of the check succeeded, else 0.")
+        self.duration = text.family("mailmon_check_duration_seconds", "gauge",
+                                    "Wall time of the last run of the check.")
+        self.phase = text.family("mailmon_check_phase_duration_seconds", "gauge",
+                                 "Time spent in each protocol step during the last run of the check.")
+        self.runs = text.family("mailmon_check_runs_total", "counter", "Runs of the check, successful or not.")
+        self.failures = text.family("mailmon_check_failures_total", "counter",
+                                    "Failed runs of the check, by stage and reason.")
+        self.skipped = text.family("mailmon_check_skipped_total", "counter",
+            "Runs skipped because the previous run of the check was still going when it was due.")
+        self.last_attempt = text.family("mailmon_check_last_attempt_timestamp_seconds", "gauge",
+                                        "Unix time when the last run of the check started (0: never).")
+        self.last_success = text.family("mailmon_check_last_success_timestamp_seconds", "gauge",
+                                        "Unix time when the last successful run of the check started (0: never).")
+        self.smtp_code = text.family("mailmon_smtp_last_reply_code", "gauge",
+                                     "Last SMTP reply code the server sent in the check (0: none yet).")
+        self.cert_expiry = text.family("mailmon_tls_cert_expiry_timestamp_seconds", "gauge",
+            "notAfter of the server certificate seen by the last TLS handshake (0: unknown).")
+        self.roundtrip = text.family("mailmon_roundtrip_seconds", "histogram",
+            "Time from the server accepting a probe message to it being visible in the mailbox.")
+        self.roundtrip_late = text.family("mailmon_roundtrip_late_total", "counter",
+                                          "Probe messages that became visible only after their round trip's deadline.")
+        self.swept = text.family("mailmon_roundtrip_swept_total", "counter",
+                                 "Stale probe messages (late arrivals, leftovers) the sweeper deleted.")
+        self.verdict = text.family("mailmon_verdict", "gauge",
+                                   "Where the fault is for the target, seen from this vantage: one series per verdict, "
+                                   "1 for the current one (state set).")
+        self._checks: dict[tuple[str, str], _CheckState] = {}
+        self._roundtrips: dict[tuple[str, str], _RoundtripState] = {}
+        self._swept: dict[str, float] = {}
+        self._verdicts: dict[str, str] = {}
+
+        rest = self._rest = CollectorRegistry()
         self.selfcheck = Gauge("mailmon_selfcheck_success",
                                "1 if this vantage's own resolver, routes and reference endpoint work, else 0.",
-                               ("vantage",), registry=registry)
+                               ("vantage",), registry=rest)
         self.selfcheck_failures = Counter("mailmon_selfcheck_failures_total",
                                           "Failed selfchecks of this vantage, by stage and reason.",
-                                          ("vantage", "stage", "reason"), registry=registry)
+                                          ("vantage", "stage", "reason"), registry=rest)
         self.selfcheck_last = Gauge("mailmon_selfcheck_last_attempt_timestamp_seconds",
-                                    "Unix time of the last selfcheck (0: never).", ("vantage",), registry=registry)
+                                    "Unix time of the last selfcheck (0: never).", ("vantage",), registry=rest)
         # Healthy until shown otherwise: a vantage is not blamed before its first selfcheck.
         self.selfcheck.labels(vantage).set(1)
         self.selfcheck_last.labels(vantage)
@@ -146,88 +189,99 @@ class Metrics:
             self.selfcheck_failures.labels(vantage, stage, reason)
         self.lag = Histogram("mailmon_scheduler_lag_seconds",
                              "Delay between when a run was due and when it started (concurrency limit, load).",
-                             ("vantage",), registry=registry,
+                             ("vantage",), registry=rest,
                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self._lag = self.lag.labels(vantage)
         self.reload_ok = Gauge("mailmon_config_last_reload_successful",
-                               "1 if the last configuration load succeeded.", registry=registry)
+                               "1 if the last configuration load succeeded.", registry=rest)
         self.reload_time = Gauge("mailmon_config_last_reload_success_timestamp_seconds",
-                                 "Unix time of the last successful configuration load.", registry=registry)
+                                 "Unix time of the last successful configuration load.", registry=rest)
         build = Gauge("mailmon_build_info", "Build of the running monitor; the value is always 1.",
-                      ("version", "python_version"), registry=registry)
+                      ("version", "python_version"), registry=rest)
         build.labels(__version__, platform.python_version()).set(1)
-        self.lag.labels(vantage)
-        self._phases: dict[tuple[str, str], tuple[str, ...]] = {}
+        registry.register(_Collector(self))
+
+    def exposition(self) -> bytes:
+        """The body of a scrape: every series of this monitor in the text format."""
+        return self._text.render() + generate_latest(self._rest)
 
     def add_target(self, target: Target) -> None:
-        """Create every series of the target's checks, so they exist before the first run."""
-        self.set_verdict(target.name, "unknown")
+        """Create every series of the target's checks, so they exist before the first run (again: no change)."""
+        if target.name not in self._verdicts:
+            self.set_verdict(target.name, "unknown")
         for check in target.checks:
-            labels = (self.vantage, target.name, check.label, check.via or "")
-            for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
-                           self.last_success, self.cert_expiry):
-                family.labels(*labels)
-            if check.name in ("smtp", "roundtrip"):
-                self.smtp_code.labels(*labels)
+            owner = (target.name, check.key)
+            if owner in self._checks:
+                continue
+            state = self._checks[owner] = _CheckState(
+                self.vantage, target.name, check.label, check.via or "", expected_phases(check),
+                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip"))
+            self._render_check(owner, state)
+            self.skipped.set(owner, (("", state.labels, state.skipped),))
+            self._render_failures(owner, state)
             if check.via:
-                self.roundtrip.labels(self.vantage, target.name, check.via)
-                self.roundtrip_late.labels(self.vantage, target.name, check.via)
-                self.swept.labels(self.vantage, target.name)
-            phases = expected_phases(check)
-            self._phases[(target.name, check.key)] = phases
-            for phase in phases:
-                self.phase.labels(*labels, phase)
-            for stage, reason in possible_failures(check):
-                self.failures.labels(*labels, stage, reason)
+                self._roundtrip_state(target.name, check.via)
+                if target.name not in self._swept:
+                    self.record_swept(target.name, 0)
 
     def remove_target(self, target: Target) -> None:
         """Drop the target's series (it left the configuration)."""
-        for verdict in VERDICTS:
-            _remove(self.verdict, (self.vantage, target.name, verdict))
+        self._verdicts.pop(target.name, None)
+        self.verdict.drop(target.name)
         for check in target.checks:
-            labels = (self.vantage, target.name, check.label, check.via or "")
-            for family in (self.success, self.duration, self.runs, self.skipped, self.last_attempt,
-                           self.last_success, self.cert_expiry, self.smtp_code):
-                _remove(family, labels)
+            owner = (target.name, check.key)
+            self._checks.pop(owner, None)
+            for family in (self.success, self.duration, self.phase, self.runs, self.failures, self.skipped,
+                           self.last_attempt, self.last_success, self.smtp_code, self.cert_expiry):
+                family.drop(owner)
             if check.via:
-                _remove(self.roundtrip, (self.vantage, target.name, check.via))
-                _remove(self.roundtrip_late, (self.vantage, target.name, check.via))
-                _remove(self.swept, (self.vantage, target.name))
-            for phase in self._phases.pop((target.name, check.key), ()):
-                _remove(self.phase, (*labels, phase))
-            for stage, reason in possible_failures(check):
-                _remove(self.failures, (*labels, stage, reason))
+                self._roundtrips.pop((target.name, check.via), None)
+                self.roundtrip.drop((target.name, check.via))
+                self.roundtrip_late.drop((target.name, check.via))
+        if self._swept.pop(target.name, None) is not None:
+            self.swept.drop(target.name)
 
     def record(self, result: Result) -> None:
         """Publish one result."""
-        labels = (self.vantage, result.target, result.check, result.via or "")
-        self.runs.labels(*labels).inc()
-        self.last_attempt.labels(*labels).set(result.started_at)
-        self.duration.labels(*labels).set(result.duration_seconds)
-        self.success.labels(*labels).set(1 if result.ok else 0)
+        owner = (result.target, f"{result.check}:{result.via}" if result.via else result.check)
+        state = self._checks.get(owner)
+        if state is None:  # a check that was never added (not from the config): its series start now
+            state = self._checks[owner] = _CheckState(self.vantage, result.target, result.check, result.via or "",
+                                                      (), (), result.smtp_code is not None)
+            self.skipped.set(owner, (("", state.labels, 0.0),))
+        state.runs += 1
+        state.last_attempt = result.started_at
+        state.duration = result.duration_seconds
+        state.success = 1.0 if result.ok else 0.0
         if result.ok:
-            self.last_success.labels(*labels).set(result.started_at)
+            state.last_success = result.started_at
         else:
             assert result.stage is not None and result.reason is not None
-            self.failures.labels(*labels, result.stage, result.reason).inc()
+            pair = (result.stage, result.reason)
+            state.failures[pair] = state.failures.get(pair, 0.0) + 1
+            self._render_failures(owner, state)
         # Steps a failed run never reached are zeroed: a stale time from an older run would mislead.
-        key = f"{result.check}:{result.via}" if result.via else result.check
-        known = self._phases.get((result.target, key), ())
-        for phase in known:
-            self.phase.labels(*labels, phase).set(result.phases.get(phase, 0.0))
+        phases = state.phases
+        for phase in phases:
+            phases[phase] = result.phases.get(phase, 0.0)
         for phase, seconds in result.phases.items():
-            if phase not in known:
-                self.phase.labels(*labels, phase).set(seconds)
+            phases[phase] = seconds
         if result.smtp_code is not None:
-            self.smtp_code.labels(*labels).set(result.smtp_code)
+            state.smtp_code = float(result.smtp_code)
         if result.tls.cert_not_after is not None:
-            self.cert_expiry.labels(*labels).set(result.tls.cert_not_after)
+            state.cert_expiry = result.tls.cert_not_after
+        self._render_check(owner, state)
         if result.via and result.ok and "delivery" in result.phases:
-            self.roundtrip.labels(self.vantage, result.target, result.via).observe(result.phases["delivery"])
+            self._observe_roundtrip(result.target, result.via, result.phases["delivery"])
 
     def set_verdict(self, target: str, current: str) -> None:
-        """Exactly one verdict series of the target reads 1."""
-        for verdict in VERDICTS:
-            self.verdict.labels(self.vantage, target, verdict).set(1 if verdict == current else 0)
+        """Exactly one verdict series of the target reads 1 (re-rendered only when the verdict changes)."""
+        if self._verdicts.get(target) == current:
+            return
+        self._verdicts[target] = current
+        labels = label_text(("target", "vantage"), (target, self.vantage))
+        self.verdict.set(target, (("", f'{labels},verdict="{verdict}"', 1.0 if verdict == current else 0.0)
+                                  for verdict in VERDICTS))
 
     def record_selfcheck(self, result: Result) -> None:
         self.selfcheck.labels(self.vantage).set(1 if result.ok else 0)
@@ -237,23 +291,86 @@ class Metrics:
             self.selfcheck_failures.labels(self.vantage, result.stage, result.reason).inc()
 
     def record_skip(self, target: str, check: CheckSettings) -> None:
-        self.skipped.labels(self.vantage, target, check.label, check.via or "").inc()
+        owner = (target, check.key)
+        state = self._checks.get(owner)
+        if state is not None:
+            state.skipped += 1
+            self.skipped.set(owner, (("", state.labels, state.skipped),))
 
     def record_late(self, target: str, via: str, count: int = 1) -> None:
-        self.roundtrip_late.labels(self.vantage, target, via).inc(count)
+        state = self._roundtrip_state(target, via)
+        state.late += count
+        self.roundtrip_late.set((target, via), (("", state.labels, state.late),))
 
     def record_swept(self, target: str, count: int) -> None:
-        self.swept.labels(self.vantage, target).inc(count)
+        total = self._swept[target] = self._swept.get(target, 0.0) + count
+        labels = label_text(("target", "vantage"), (target, self.vantage))
+        self.swept.set(target, (("", labels, total),))
 
     def record_lag(self, seconds: float) -> None:
-        self.lag.labels(self.vantage).observe(seconds)
+        self._lag.observe(seconds)
 
     def record_reload(self, ok: bool, when: float) -> None:
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_time.set(when)
 
+    def _render_check(self, owner: tuple[str, str], state: _CheckState) -> None:
+        """Re-render the series a run changes (all but the failure and skip counters, rendered on their change)."""
+        labels = state.labels
+        self.success.set(owner, (("", labels, state.success),))
+        self.duration.set(owner, (("", labels, state.duration),))
+        self.runs.set(owner, (("", labels, state.runs),))
+        self.last_attempt.set(owner, (("", labels, state.last_attempt),))
+        self.last_success.set(owner, (("", labels, state.last_success),))
+        self.cert_expiry.set(owner, (("", labels, state.cert_expiry),))
+        if state.smtp_code is not None:
+            self.smtp_code.set(owner, (("", labels, state.smtp_code),))
+        check, rest = state.check, state.rest
+        self.phase.set(owner, (("", f'{check},phase="{phase}",{rest}', seconds)
+                               for phase, seconds in state.phases.items()))
 
-def _remove(family: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
-    with contextlib.suppress(KeyError):
-        family.remove(*labels)
+    def _render_failures(self, owner: tuple[str, str], state: _CheckState) -> None:
+        check, rest = state.check, state.rest
+        self.failures.set(owner, (("", f'{check},reason="{reason}",stage="{stage}",{rest}', count)
+                                  for (stage, reason), count in state.failures.items()))
+
+    def _roundtrip_state(self, target: str, via: str) -> _RoundtripState:
+        state = self._roundtrips.get((target, via))
+        if state is None:
+            state = self._roundtrips[(target, via)] = _RoundtripState(
+                label_text(("target", "vantage", "via"), (target, self.vantage, via)))
+            self._render_roundtrip(target, via, state)
+            self.roundtrip_late.set((target, via), (("", state.labels, state.late),))
+        return state
+
+    def _observe_roundtrip(self, target: str, via: str, seconds: float) -> None:
+        state = self._roundtrip_state(target, via)
+        for i, bound in enumerate(ROUNDTRIP_BUCKETS):
+            if seconds <= bound:
+                state.buckets[i] += 1
+        state.count += 1
+        state.sum += seconds
+        self._render_roundtrip(target, via, state)
+
+    def _render_roundtrip(self, target: str, via: str, state: _RoundtripState) -> None:
+        labels = state.labels
+        samples = [("_bucket", f"{le},{labels}", count) for le, count in zip(_LE, state.buckets, strict=True)]
+        samples += [("_bucket", f'le="+Inf",{labels}', state.count), ("_count", labels, state.count),
+                    ("_sum", labels, state.sum)]
+        self.roundtrip.set((target, via), samples)
+
+
+class _Collector:
+    """Lets prometheus_client's registry API (get_sample_value, collect, generate_latest) see every series."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return text_string_to_metric_families(self._metrics.exposition().decode())
+
+    def describe(self) -> list[Metric]:
+        return []
+
+

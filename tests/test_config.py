@@ -75,7 +75,9 @@ INVALID = [
      ["{file}: the file is empty"]),
     ("invalid-yaml-top-level-list.yml",
      ["{file}:1: the top level must be a mapping with keys vantage, listen, defaults, concurrency, probe_key, "
-      "selfcheck, history, targets"]),
+      "selfcheck, history, metrics, targets"]),
+    ("invalid-metrics-failure-series.yml",
+     ["{file}:3: metrics.failure_series: must be one of all, on_failure, got 'lazy'"]),
     ("invalid-smtp-mail-from-without-rcpt-to.yml",
      ["{file}:6: targets[0].smtp: mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)"]),
     ("invalid-many-problems.yml",
@@ -197,7 +199,7 @@ def test_only_unknown_top_level_keys_still_reports_what_is_missing() -> None:
         load_text("vantge: test\n", "c.yml")
     assert caught.value.problems == [
         "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, selfcheck, "
-        "history, targets)",
+        "history, metrics, targets)",
         "c.yml:1: vantage: is required (it labels every series of this monitor)",
         "c.yml:1: targets: is required: list at least one target",
     ]
@@ -234,6 +236,7 @@ def test_minimal_config_gets_defaults() -> None:
     assert config.vantage == "test"
     assert config.listen == DEFAULT_LISTEN == "127.0.0.1:9917"
     assert (config.interval, config.timeout, config.concurrency) == (60.0, 15.0, 64)
+    assert config.failure_series == "all"
     assert config.source == str(CONFIGS / "valid-minimal.yml")
     [target] = config.targets
     assert (target.name, target.host, target.auth) == ("mx1", "mx1.example.test", None)
@@ -282,6 +285,7 @@ def test_full_config_top_level_settings() -> None:
     """listen, concurrency, defaults, TLS server name, mailbox, HELO name and recipients are read as written."""
     config = load_valid("valid-full.yml")
     assert (config.vantage, config.listen, config.concurrency) == ("dc1", "[::1]:9920", 8)
+    assert config.failure_series == "on_failure"
     assert (config.interval, config.timeout) == (120.0, 20.0)
     assert [t.name for t in config.targets] == ["submission", "smtps", "mx", "mailbox", "mailbox-plain"]
     smtps = config.target("smtps")

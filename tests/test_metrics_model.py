@@ -197,3 +197,17 @@ def test_target_can_be_added_again_after_removal(registry: CollectorRegistry, me
     metrics.add_target(make_target())
     assert registry.get_sample_value("mailmon_check_runs_total", labels()) == 0.0
     assert set(failure_counts(registry).values()) == {0.0}
+
+
+def test_on_failure_mode_creates_a_failure_counter_with_its_first_failure() -> None:
+    """`metrics.failure_series: on_failure`: no zero failure counters up front, the failing pair appears at 1."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, VANTAGE, failure_series="on_failure")
+    metrics.add_target(make_target())
+    assert failure_counts(registry) == {}
+    assert registry.get_sample_value("mailmon_check_success", labels()) == 0.0  # the other series still exist
+    metrics.record(failed_result("connect", "refused"))
+    metrics.record(failed_result("connect", "refused"))
+    metrics.record(failed_result("tls", "cert_expired"))
+    assert failure_counts(registry) == {("connect", "refused"): 2.0, ("tls", "cert_expired"): 1.0}
+    assert failure_counts(registry, check="imap") == {}

@@ -134,5 +134,7 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
         **response.headers,
     }
     head = f"HTTP/1.1 {response.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode("latin-1") + (b"" if head_only else response.body))
+    writer.write(head.encode("latin-1"))
+    if not head_only:
+        writer.write(response.body)  # not concatenated: a scrape's body can be tens of MB
     await writer.drain()
