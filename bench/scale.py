@@ -18,7 +18,7 @@ own process; their CPU is reported apart. This process watches the child from ou
   keeping up runs_total vs the runs the schedule asked for, skipped_total, failures_total (from the last scrape)
 
 Usage: python bench/scale.py [--targets 100,1000,5000] [--window 180] [--interval 60] [--concurrency 64]
-                             [--scrape-every 15] [--profile SECONDS]
+                             [--scrape-every 15] [--failure-series all|on_failure] [--profile SECONDS]
 --profile: py-spy samples the child (100 Hz, only the thread holding the GIL, stacks by thread) for SECONDS
 starting after the first interval; the figures of that run then include py-spy's overhead.
 """
@@ -76,7 +76,8 @@ async def child_main(args: argparse.Namespace) -> None:
         targets.append(Target(name=f"t{i:05d}", host="127.0.0.1", tls=TlsSettings(),
                               auth=Auth("probe@bench.test", Secret("bench")), checks=checks))
     config = Config(vantage="bench", listen=args.listen, interval=args.interval, timeout=15.0,
-                    concurrency=args.concurrency, targets=tuple(targets), source="<bench>")
+                    concurrency=args.concurrency, targets=tuple(targets), source="<bench>",
+                    failure_series=args.failure_series)
     app = App(config)
     loop = asyncio.get_running_loop()
     lags: list[tuple[float, float]] = []
@@ -121,28 +122,8 @@ async def child_main(args: argparse.Namespace) -> None:
     gc.callbacks.append(on_gc)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    if "cached-metrics" in args.what_if:
-        # What-if (bench-side, not mailmon as shipped): /metrics served by bench/metrics_render.py's prototype
-        # renderer (cached series lines, no _created), still in a worker thread as App._metrics does today.
-        from metrics_render import CachedRenderer
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        from monitor.web.server import Request, Response
-
-        for target in config.targets:
-            app.metrics.add_target(target)  # start() does it again (a no-op): here so the cache can be warmed
-        renderer = CachedRenderer(app.registry)
-        renderer.render()
-
-        async def cached_metrics(request: Request) -> Response:
-            return Response(body=await asyncio.to_thread(renderer.render), content_type=CONTENT_TYPE_LATEST)
-
-        app.http.routes[("GET", "/metrics")] = cached_metrics
     started = loop.time()
     await app.start()
-    if "gc-freeze" in args.what_if:
-        # What-if: everything alive after start-up (the registry's million objects) leaves the collector's view.
-        gc.freeze()
     tick = asyncio.create_task(ticker())
     print(json.dumps({"started": started}), flush=True)
     with contextlib.suppress(TimeoutError):
@@ -209,7 +190,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--targets", str(n), "--ports", ports, "--listen", f"127.0.0.1:{port}",
          "--interval", str(args.interval), "--concurrency", str(args.concurrency), "--out", str(out),
-         "--max-seconds", str(args.window + 120), "--what-if", args.what_if],
+         "--max-seconds", str(args.window + 120), "--failure-series", args.failure_series],
         stdout=subprocess.PIPE, stderr=log, text=True)
     assert child.stdout is not None
     json.loads(child.stdout.readline())  # started
@@ -305,7 +286,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     series = sum(1 for line in last_body.splitlines() if line and not line.startswith(b"#"))
     result: dict[str, Any] = {
         "targets": n, "checks": checks, "interval": args.interval, "concurrency": args.concurrency,
-        "scrape_every": args.scrape_every, "what_if": args.what_if,
+        "scrape_every": args.scrape_every, "failure_series": args.failure_series,
         "window_s": window,
         "runs_total": metrics.get("mailmon_check_runs_total", 0.0),
         "scheduled_rate_per_s": checks / args.interval,
@@ -361,7 +342,7 @@ def report(r: dict[str, Any]) -> None:
 
     print(f"\n== N={r['targets']} targets, {r['checks']} checks, interval {r['interval']:.0f}s, "
           f"concurrency {r['concurrency']}, window {r['window_s']:.0f}s, /metrics GET every "
-          f"{r['scrape_every']:g}s (0: only at the end){', WHAT-IF: ' + r['what_if'] if r['what_if'] else ''}")
+          f"{r['scrape_every']:g}s (0: only at the end), metrics.failure_series: {r['failure_series']}")
     print(f"  scheduled rate          {r['scheduled_rate_per_s']:.1f} checks/s")
     print(f"  runs_total              {r['runs_total']:.0f} over the window")
     print(f"  skipped_total           {r['skipped_total']:.0f}    failures_total {r['failures_total']:.0f}    "
@@ -407,10 +388,8 @@ def main() -> int:
                         help="seconds between /metrics GETs (default 15; 0: only one GET, at the end of the window)")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy the child for this many seconds, "
                                                                    "starting after the first interval (0: off)")
-    parser.add_argument("--what-if", default="", metavar="LIST",
-                        help="comma-separated bench-side patches of the child, to size a fix (not mailmon as shipped): "
-                             "gc-freeze (gc.freeze() after start), cached-metrics (/metrics from "
-                             "bench/metrics_render.py's cached renderer)")
+    parser.add_argument("--failure-series", choices=("all", "on_failure"), default="all",
+                        help="the monitor's metrics.failure_series (default all, the config default)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     # The child process (internal).
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
