@@ -8,6 +8,7 @@ Not a test module and not part of mailmon. `python bench/benchlib.py sniff ...` 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -143,11 +144,17 @@ def print_profile(own: list[tuple[str, int]], inclusive: list[tuple[str, int]], 
 
 # --- HTTP -------------------------------------------------------------------------------------------------------
 
-def http_get(host: str, port: int, path: str, timeout: float = 60.0) -> tuple[int, bytes, float]:
-    """(status, body, seconds from connect to the last byte); one request per connection, no keep-alive."""
+def http_get(host: str, port: int, path: str, timeout: float = 60.0,
+             accept_gzip: bool = False) -> tuple[int, bytes, float, int]:
+    """(status, body, seconds from connect to the last byte, bytes on the wire); one request per connection.
+
+    With `accept_gzip` the request says `Accept-Encoding: gzip`, as Prometheus does; a gzip body is decompressed
+    after the clock stops (the scraper's own work, not the server's).
+    """
     started = time.perf_counter()
+    accept = "Accept-Encoding: gzip\r\n" if accept_gzip else ""
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{accept}Connection: close\r\n\r\n".encode())
         chunks = []
         while True:
             chunk = sock.recv(1 << 20)
@@ -160,7 +167,10 @@ def http_get(host: str, port: int, path: str, timeout: float = 60.0) -> tuple[in
     status = int(head.split(b" ", 2)[1]) if head else 0
     if b"transfer-encoding: chunked" in head.lower():
         body = _unchunk(body)
-    return status, body, elapsed
+    wire = len(body)
+    if b"content-encoding: gzip" in head.lower():
+        body = gzip.decompress(body)
+    return status, body, elapsed, wire
 
 
 def _unchunk(body: bytes) -> bytes:

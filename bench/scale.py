@@ -220,8 +220,10 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if now >= next_scrape:
             t0 = time.monotonic()
-            status, body, seconds = http_get("127.0.0.1", port, "/metrics", timeout=300)
-            scrapes.append({"at": t0 - t_start, "seconds": seconds, "bytes": len(body), "status": status,
+            status, body, seconds, wire = http_get("127.0.0.1", port, "/metrics", timeout=300,
+                                                   accept_gzip=args.gzip)
+            scrapes.append({"at": t0 - t_start, "seconds": seconds, "bytes": len(body), "wire": wire,
+                            "status": status,
                             "mono_start": t0, "mono_end": t0 + seconds})
             last_body = body
             next_scrape = max(next_scrape + args.scrape_every, time.monotonic() + 1)
@@ -231,8 +233,9 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cpu_end, fakes_cpu_end = proc_cpu(child.pid), proc_cpu(fakes.pid)
     main_end = proc_cpu(child.pid, child.pid)
     # The last scrape, at the end of the window, gives the counters.
-    status, body, seconds = http_get("127.0.0.1", port, "/metrics", timeout=300)
-    scrapes.append({"at": time.monotonic() - t_start, "seconds": seconds, "bytes": len(body), "status": status,
+    status, body, seconds, wire = http_get("127.0.0.1", port, "/metrics", timeout=300, accept_gzip=args.gzip)
+    scrapes.append({"at": time.monotonic() - t_start, "seconds": seconds, "bytes": len(body), "wire": wire,
+                    "status": status,
                     "mono_start": t_end, "mono_end": t_end + seconds})
     last_body = body or last_body
     rss_end = proc_status_kb(child.pid, "VmRSS")
@@ -325,7 +328,8 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "scrape_median_s": median([s["seconds"] for s in scrapes]),
         "scrape_max_s": max(s["seconds"] for s in scrapes),
         "scrape_n": len(scrapes),
-        "scrape_bytes": scrapes[-1]["bytes"], "series": series,
+        "scrape_bytes": scrapes[-1]["bytes"], "scrape_wire_bytes": scrapes[-1]["wire"], "gzip": args.gzip,
+        "series": series,
         "fakes_served": served,
         "scrapes": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items() if not k.startswith("mono")}
                     for s in scrapes],
@@ -371,7 +375,8 @@ def report(r: dict[str, Any]) -> None:
           f"{r['rss_end_mb']:.0f} MB after the final GET; VmHWM {r['vmhwm_mb']:.0f} MB")
     print(f"  /metrics                median {f(r['scrape_median_s'], ' ms', 1000, 1)}, max "
           f"{f(r['scrape_max_s'], ' ms', 1000, 1)} over {r['scrape_n']} GETs; {r['scrape_bytes'] / 1e6:.2f} MB, "
-          f"{r['series']} samples")
+          f"{r['series']} samples; {r['scrape_wire_bytes'] / 1e6:.2f} MB on the wire "
+          f"({'Accept-Encoding: gzip' if r['gzip'] else 'no gzip asked'}; time to the last byte)")
     if "profile" in r:
         p = r["profile"]
         print(f"  profile (py-spy --gil --threads, {p['samples']} samples at 100 Hz, raw: {p['file']})")
@@ -388,6 +393,8 @@ def main() -> int:
                         help="seconds between /metrics GETs (default 15; 0: only one GET, at the end of the window)")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy the child for this many seconds, "
                                                                    "starting after the first interval (0: off)")
+    parser.add_argument("--no-gzip", dest="gzip", action="store_false",
+                        help="scrape without Accept-Encoding: gzip (Prometheus sends it; the default does too)")
     parser.add_argument("--failure-series", choices=("all", "on_failure"), default="all",
                         help="the monitor's metrics.failure_series (default all, the config default)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import json
 import logging
 import time
@@ -191,7 +192,14 @@ class App:
     async def _metrics(self, request: Request) -> Response:
         # The series are rendered as they change (monitor/exposition.py): this only joins bytes, milliseconds even
         # at 5,000 targets, so it runs on the loop. (In a thread, rendering held the GIL and starved the probes.)
-        return Response(body=self.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        body = self.metrics.exposition()
+        headers = {"Vary": "Accept-Encoding"}
+        if accepts_gzip(request.headers.get("accept-encoding", "")):
+            # Prometheus asks for gzip: ~25x fewer bytes on the wire. zlib lets go of the GIL while it compresses,
+            # so in a thread the probes keep running.
+            body = await asyncio.to_thread(gzip.compress, body, 1)
+            headers["Content-Encoding"] = "gzip"
+        return Response(body=body, content_type=CONTENT_TYPE_LATEST, headers=headers)
 
     async def _healthy(self, request: Request) -> Response:
         return Response.text("OK\n")
@@ -249,6 +257,22 @@ class App:
 
 
 _MAX_PAGE = 1000
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip` or `*`, with a q-value above 0)."""
+    for item in accept_encoding.split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip().lower()
+        if quality.startswith("q="):
+            try:
+                return float(quality[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
 
 
 def history_params(query: dict[str, list[str]]) -> dict[str, Any]:
