@@ -79,6 +79,11 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def send(self, line: str, scrub: str | None = None) -> None:
         self._received = 0
+        if self.transport is not None and self.transport.is_closing():
+            # The server closed the connection before this command: a reset on every event loop. (asyncio's
+            # transport drops the bytes and the loss shows later; uvloop's raises RuntimeError, which would
+            # read as a fault of mailmon itself.)
+            raise ConnectionResetError("the server closed the connection")
         super().send(line, scrub=scrub)
 
     def data_received(self, d: bytes) -> None:
