@@ -12,10 +12,10 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
-from monitor import __version__
+from monitor import __version__, eventloop
 from monitor import config as config_module
 from monitor.config import Config, ConfigError
 from monitor.errors import MailmonError
@@ -45,9 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
                        help="log line format on stderr (default logfmt)")
 
+    def loop_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--event-loop", dest="event_loop", default="auto", choices=eventloop.CHOICES,
+                       help="auto (default): uvloop when installed (pip install mailmon[uvloop]), else asyncio's")
+
     run = sub.add_parser("run", help="probe on a schedule and serve /metrics")
     common(run)
     run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, overrides `listen` in the config")
+    loop_option(run)
     run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")
 
@@ -57,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--check", metavar="NAME", help="only this check: smtp, imap, pop3, roundtrip "
                                                         "(or roundtrip:imap, roundtrip:pop3)")
     check.add_argument("--json", action="store_true", help="one JSON object per result per line")
+    loop_option(check)
 
     diagnose = sub.add_parser("diagnose", help="is it me or the server? run every check here and ask the monitor")
     common(diagnose)
@@ -124,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 _report("web config", exc)
                 return EXIT_CONFIG
-        return asyncio.run(_run(config, args.listen, args.config, web))
+        return _on_loop(_run(config, args.listen, args.config, web), args.event_loop)
     if args.command == "history":
         from monitor.history_cli import show_history
 
@@ -134,7 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from monitor.diagnose import diagnose
 
         return asyncio.run(diagnose(config, args.monitor, args.target, sys.stdout))
-    return asyncio.run(_check(config, args.target, args.check, args.json))
+    return _on_loop(_check(config, args.target, args.check, args.json), args.event_loop)
+
+
+def _on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
+    """Run a command's coroutine on the chosen event loop (monitor/eventloop.py)."""
+    try:
+        return eventloop.run(main, choice)
+    except eventloop.EventLoopError as exc:
+        print(f"mailmon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None) -> int:
