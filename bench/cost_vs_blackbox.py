@@ -14,7 +14,11 @@ Same lab port (127.0.0.2:587), same concurrency, same rate cap, interleaved in b
                     Prometheus metrics, the log), in a child process.
   mailmon-auth      the same with AUTH PLAIN.
   mailmon-uvloop    (only with --uvloop-python PY, an interpreter that can import uvloop and monitor/) the
-                    `mailmon` variant on uvloop's event loop instead of asyncio's: what an optional uvloop would buy.
+                    `mailmon` variant on uvloop's event loop instead of asyncio's: what the `uvloop` extra buys
+                    (`mailmon run` takes uvloop by itself where it is installed; see monitor/eventloop.py).
+  before-mailmon... (only with --baseline DIR, another checkout of mailmon, e.g. `git archive REV | tar -x -C DIR`)
+                    each mailmon variant again, run from DIR's code: before/after figures within the same run, so
+                    the machine's drift cancels out of the comparison.
 
 blackbox is driven through its /probe?module=...&target=127.0.0.2:587 endpoint by --concurrency keep-alive HTTP
 clients in this process (their CPU is not counted); every answer must say probe_success 1. CPU is utime+stime
@@ -31,7 +35,7 @@ cProfile with a thread-CPU clock (the Python functions of the event-loop thread;
 code about 2x, so read it as a ranking).
 
 Usage: python bench/cost_vs_blackbox.py [--count 1000] [--concurrency 4] [--rate 50] [--blocks 4] [--profile]
-                                        [--uvloop-python /path/to/python]
+                                        [--uvloop-python /path/to/python] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -149,13 +153,12 @@ async def child_main(use_auth: bool, concurrency: int, rate: float) -> None:
 
 
 def child_entry(args: argparse.Namespace) -> None:
-    coroutine = child_main(args.child == "mailmon-auth", args.concurrency, args.rate)
-    if args.child == "mailmon-uvloop":
-        import uvloop  # only in the --uvloop-python interpreter
+    from monitor import eventloop
 
-        uvloop.run(coroutine)
-    else:
-        asyncio.run(coroutine)
+    coroutine = child_main(args.child == "mailmon-auth", args.concurrency, args.rate)
+    # The loop `mailmon run` would pick with --event-loop; named, so an interpreter that has uvloop installed
+    # still runs the `mailmon` variants on asyncio's loop. uvloop only in the --uvloop-python interpreter.
+    eventloop.run(coroutine, "uvloop" if args.child == "mailmon-uvloop" else "asyncio")
 
 
 # --- the parent -------------------------------------------------------------------------------------------------
@@ -255,6 +258,8 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=4, help="interleaved blocks per variant (default 4)")
     parser.add_argument("--profile", action="store_true", help="profile the mailmon children afterwards (see above)")
     parser.add_argument("--uvloop-python", metavar="PY", help="add the mailmon-uvloop variant, run by this python")
+    parser.add_argument("--baseline", metavar="DIR", type=Path,
+                        help="add before-<variant> for every mailmon variant, run from the checkout in DIR")
     parser.add_argument("--child", choices=["mailmon", "mailmon-auth", "mailmon-uvloop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -269,6 +274,12 @@ def main() -> int:
     variants = ["blackbox", "blackbox-full", "mailmon", "mailmon-auth"] + (["mailmon-uvloop"] if args.uvloop_python
                                                                            else [])
     mailmons = [v for v in variants if v.startswith("mailmon")]
+    if args.baseline is not None:
+        if not (args.baseline / "bench" / "cost_vs_blackbox.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no bench/cost_vs_blackbox.py there")
+        before = [f"before-{m}" for m in mailmons]
+        variants += before
+        mailmons += before
     env = lab_env()
     host, smtp_port = env["LAB_HOST"], int(env["LAB_SUBMISSION_PORT"])
     target = f"{host}:{smtp_port}"
@@ -292,8 +303,10 @@ def main() -> int:
             return 2
         procs["blackbox"] = procs["blackbox-full"] = bb.pid
         for name in mailmons:
-            python = args.uvloop_python if name == "mailmon-uvloop" else sys.executable
-            child = subprocess.Popen([python, __file__, "--child", name, "--concurrency", str(args.concurrency),
+            kind = name.removeprefix("before-")
+            python = args.uvloop_python if kind == "mailmon-uvloop" else sys.executable
+            script = args.baseline / "bench" / "cost_vs_blackbox.py" if kind != name else Path(__file__)
+            child = subprocess.Popen([python, str(script), "--child", kind, "--concurrency", str(args.concurrency),
                                       "--rate", str(args.rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(tmp / f"{name}.log", "w"), text=True)  # noqa: SIM115
             assert child.stdout is not None
@@ -307,7 +320,7 @@ def main() -> int:
                 raise SystemExit("the lab's submission port stayed down for 120 s")
             pid = procs[name]
             cpu0 = proc_cpu(pid)
-            main0 = proc_cpu(pid, pid) if name.startswith("mailmon") else 0.0
+            main0 = proc_cpu(pid, pid) if not name.startswith("blackbox") else 0.0
             if name.startswith("blackbox"):
                 module = "smtp_starttls" if name == "blackbox" else "smtp_starttls_full"
                 out = drive_blackbox(bb_port, module, target, count, args.concurrency, args.rate)
@@ -318,7 +331,7 @@ def main() -> int:
                 child.stdin.flush()
                 out = json.loads(child.stdout.readline())
             out["cpu"] = proc_cpu(pid) - cpu0
-            out["main_cpu"] = proc_cpu(pid, pid) - main0 if name.startswith("mailmon") else 0.0
+            out["main_cpu"] = proc_cpu(pid, pid) - main0 if not name.startswith("blackbox") else 0.0
             return out
 
         # Warm-up: every variant, 20 probes, not counted.
@@ -349,7 +362,7 @@ def main() -> int:
         threads = {name: proc_status_kb(pid, "Threads") for name, pid in procs.items()}
         if args.profile:
             size = min(250, args.count)
-            for name in mailmons:
+            for name in (m for m in mailmons if not m.startswith("before-")):
                 entry: dict[str, Any] = {"size": size}
                 if shutil.which("perf"):
                     data = tmp / f"perf-{name}.data"
@@ -385,15 +398,15 @@ def main() -> int:
     print(f"mailmon event loops: {loops}")
     print(f"target {target}; {args.count} probes per variant in {args.blocks} interleaved blocks (+20 warm-up each, "
           f"not counted); concurrency {args.concurrency}; at most {args.rate:g} probes/s")
-    print(f"\n{'variant':<15} {'ok':>6} {'failed':>6} {'CPU s/1000':>11} {'loop thread':>12} {'VmHWM MB':>9} "
+    print(f"\n{'variant':<21} {'ok':>6} {'failed':>6} {'CPU s/1000':>11} {'loop thread':>12} {'VmHWM MB':>9} "
           f"{'RSS idle MB':>12} {'threads':>8} {'probes/s':>9}")
     per1000 = {}
     for name in variants:
         t = totals[name]
         n = t["ok"] + t["failed"]
         per1000[name] = 1000 * t["cpu"] / max(1, n)
-        main = f"{1000 * t['main_cpu'] / max(1, n):.2f}" if name.startswith("mailmon") else "-"
-        print(f"{name:<15} {t['ok']:>6} {t['failed']:>6} {per1000[name]:>11.2f} {main:>12} "
+        main = f"{1000 * t['main_cpu'] / max(1, n):.2f}" if not name.startswith("blackbox") else "-"
+        print(f"{name:<21} {t['ok']:>6} {t['failed']:>6} {per1000[name]:>11.2f} {main:>12} "
               f"{peak[name] / 1024:>9.1f} {startup[name]['rss_kb'] / 1024:>12.1f} {threads[name]:>8} "
               f"{n / max(t['wall'], 1e-9):>9.1f}")
         for failure in t["failures"][:2]:
@@ -404,10 +417,14 @@ def main() -> int:
     print("\nratios (CPU per probe)")
     for mm in mailmons:
         for bbn in ("blackbox", "blackbox-full"):
-            print(f"  {mm + ' / ' + bbn:<32} {per1000[mm] / per1000[bbn]:.2f}")
+            print(f"  {mm + ' / ' + bbn:<38} {per1000[mm] / per1000[bbn]:.2f}")
     print(f"  {'mailmon-auth / mailmon':<32} {per1000['mailmon-auth'] / per1000['mailmon']:.2f}")
     if "mailmon-uvloop" in per1000:
         print(f"  {'mailmon-uvloop / mailmon':<32} {per1000['mailmon-uvloop'] / per1000['mailmon']:.2f}")
+    for mm in mailmons:
+        if mm.startswith("before-"):
+            after = mm.removeprefix("before-")
+            print(f"  {after + ' / ' + mm:<38} {per1000[after] / per1000[mm]:.2f}   (after / before)")
     print("ratios (peak RSS)")
     for mm in mailmons:
         print(f"  {mm + ' / blackbox':<32} {peak[mm] / peak['blackbox']:.2f}")
