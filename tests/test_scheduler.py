@@ -197,17 +197,16 @@ async def test_a_failing_run_does_not_end_the_schedule() -> None:
 
 
 async def test_adding_a_target_twice_does_not_double_its_checks() -> None:
-    """add() of an already scheduled target keeps one loop per check."""
+    """add() of an already scheduled target keeps one schedule per check: one run per interval, not two."""
     run = FakeRun()
     scheduler = Scheduler(run, concurrency=4, spread=0)
     target = make_target("a", interval=10.0)
-    before = asyncio.all_tasks()
     scheduler.add(target)
     scheduler.add(target)
 
     async def body() -> None:
         await wait_until(lambda: run.calls[("a", "smtp")] == 1)
-        assert len([t for t in asyncio.all_tasks() - before if t.get_name().startswith("schedule ")]) == 1
+        assert scheduler.keys == {("a", "smtp")}
         await asyncio.sleep(0.05)
     await running(scheduler, body)
     assert run.calls[("a", "smtp")] == 1
@@ -246,3 +245,38 @@ async def test_spread_caps_the_start_window() -> None:
     assert all(calls == 1 for calls in run.calls.values())
     # Spread over the whole 30 s interval instead, 20 first runs all inside 1 s would have a chance of 1e-29.
     assert max(at - start for _, at in run.starts) < 1.0
+
+
+async def test_a_target_removed_and_added_again_keeps_one_schedule() -> None:
+    """Reload removes a changed target and adds it back: its old due time must not run it a second time."""
+    run = FakeRun()
+    scheduler = Scheduler(run, concurrency=4, spread=0)
+    scheduler.add(make_target("a", interval=0.2))
+
+    async def body() -> None:
+        await wait_until(lambda: run.calls[("a", "smtp")] == 1)
+        await scheduler.remove("a")
+        scheduler.add(make_target("a", interval=0.2))
+        await asyncio.sleep(0.3)  # the old schedule's next slot (0.2 s) and the new one's first two runs pass
+    await running(scheduler, body)
+    starts = [at for key, at in run.starts if key == ("a", "smtp")]
+    # Runs of one check are never closer than an interval apart, except the re-added schedule's first run.
+    assert len(starts) == 3
+    assert starts[2] - starts[1] > 0.15
+
+
+async def test_a_stalled_loop_skips_missed_slots_without_a_burst() -> None:
+    """After the event loop was blocked for several intervals, a check runs once, not once per missed slot."""
+    import time
+
+    run = FakeRun()
+    scheduler = Scheduler(run, concurrency=4, spread=0)
+    scheduler.add(make_target("a", interval=0.05))
+
+    async def body() -> None:
+        await wait_until(lambda: run.calls[("a", "smtp")] == 1)
+        time.sleep(0.3)  # blocks the loop: six slots pass
+        await asyncio.sleep(0.03)
+        # One catch-up run (a second if the next slot came round meanwhile on a slow machine), not a burst of six.
+        assert 2 <= run.calls[("a", "smtp")] <= 3
+    await running(scheduler, body)
