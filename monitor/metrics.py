@@ -1,9 +1,9 @@
 """Every Prometheus metric mailmon exports, defined once, and the only place their values are set.
 
 Series for every configured (target, check) are created when the target is added, so a check that has
-never failed still shows `mailmon_check_failures_total 0` for each way it could fail, and a missing
-series never reads as "healthy". Gauges start at 0: success 0 means "not shown to work yet", and a
-timestamp or certificate expiry of 0 means "unknown".
+never failed still shows `mailmon_check_failures_total 0` for each way it could fail (unless the config
+says `metrics.failure_series: on_failure`), and a missing series never reads as "healthy". Gauges start
+at 0: success 0 means "not shown to work yet", and a timestamp or certificate expiry of 0 means "unknown".
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ __all__ = ["Metrics", "expected_phases", "possible_failures"]
 # render time at 5,000 targets, bench/metrics_render.py) and Prometheus does not use it from the text format.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# `via` is the read-back protocol of a round trip and empty for the other checks (PromQL treats it as absent).
-_TARGET = ("vantage", "target", "check", "via")
+# Every per-check series carries vantage, target, check and via; `via` is the read-back protocol of a round trip
+# and empty for the other checks (PromQL treats it as absent).
 # Submit-to-visible latency: loopback delivery takes milliseconds, a queue backlog minutes.
 ROUNDTRIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
