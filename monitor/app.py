@@ -79,8 +79,11 @@ class App:
         self.scheduler = Scheduler(self.runner.run, self.config.concurrency, on_skip=self.metrics.record_skip,
                                    on_lag=self.metrics.record_lag, spread=spread)
         self._follow(self.config)
+        # Series first, schedule after: due times count from when the schedule starts, so runs do not come due
+        # while thousands of targets' series are still being created (~1 s at 10,000 targets).
         for target in self.config.targets:
             self.metrics.add_target(target)
+        for target in self.config.targets:
             self.scheduler.add(target)
         self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
         self.metrics.record_reload(True, time.time())
