@@ -12,8 +12,9 @@ import pytest
 from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
 from monitor.probe_message import ProbeHeader, build_message, new_probe
 from monitor.probes import PROBES
+from monitor.probes.readback import ImapReadback, Pop3Readback
 from monitor.probes.roundtrip import RoundTrip
-from monitor.result import Result
+from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from tests import mailbox
 from tests.conftest import Lab
@@ -65,6 +66,29 @@ def clean_inbox(lab: Lab) -> Iterator[None]:
     mailbox.clear(lab)
     yield
     lab.control("hold", "off")
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_a_reopened_readback_still_finds_a_probe_that_arrived_before_it(lab: Lab, clean_inbox: None,
+                                                                             protocol: str) -> None:
+    """The read-back connection drops while the probe is delivered and is reopened: the probe is not taken for
+    mail that was already there (that would report a delivered message as not delivered)."""
+    target = roundtrip_target(lab)
+    check = via(target, protocol)
+    key = KEY.reveal().encode()
+    reader = (ImapReadback if protocol == "imap" else Pop3Readback)(ProbeContext(), target, check, key)
+    try:
+        await reader.open()
+        header = new_probe(key, "test", target.name, protocol, timeout=20.0)
+        raw, _ = build_message(header, lab.user, lab.user)
+        mailbox.append(lab, raw)  # arrives while the connection is down
+        await reader.open()  # what RoundTrip does after a ConnectionError
+        found = await reader.poll(header.probe_id)
+        assert found is not None and found.header.probe_id == header.probe_id
+        await reader.delete(found)
+    finally:
+        reader.close()
+    assert probe_messages(lab) == []
 
 
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])

@@ -95,12 +95,19 @@ class ImapReadback:
         # Set when the server reported new mail (EXISTS) inside another command's response: IDLE would not
         # report it again, so the next wait must not block.
         self.news = False
+        self._opened = False
 
     async def open(self) -> None:
         self.session.close()
         self.session = ImapSession(self.ctx, self.session.target, self.check)
         await self.session.open()
+        # A reopen (the read-back connection dropped during the wait) keeps the first UIDNEXT: the probe may have
+        # arrived meanwhile, and starting from the new UIDNEXT would pass over it and report it not delivered.
+        kept = self.next_uid if self._opened else None
         await self._select(self.check.mailbox)
+        if kept is not None:
+            self.next_uid = kept
+        self._opened = True
         if "UIDPLUS" not in self._protocol.capabilities:
             # Without UID EXPUNGE, deleting our message would expunge every message flagged \Deleted.
             raise ProbeError("fetch", "protocol", "the server lacks UIDPLUS: probe messages could not be "
@@ -275,6 +282,7 @@ class Pop3Readback:
         self.key = key
         self.baseline: set[str] = set()
         self.session: Pop3Session | None = None
+        self._opened = False
         user = target.auth.username if target.auth else ""
         self._known = self._known_plain.setdefault((target.host, check.port, user), set())
 
@@ -297,7 +305,11 @@ class Pop3Readback:
     async def open(self) -> None:
         session, _, listing = await self._login(self.ctx)
         try:
-            self.baseline = set(listing)
+            if not self._opened:
+                # Only the first login says what was there before the probe. A reopen (a dropped connection
+                # during the wait) must not add a probe that arrived meanwhile to what is ignored.
+                self.baseline = set(listing)
+                self._opened = True
             await session.quit()
         finally:
             session.close()
