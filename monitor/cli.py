@@ -228,4 +228,4 @@ def _print_table(results: list[Result]) -> None:
 
 
 def _name(result: Result) -> str:
-    return f"{result.check}:{result.via}" if result.via else result.check
+    return result.key

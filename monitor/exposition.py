@@ -43,7 +43,6 @@ class Family:
 
     def __init__(self, name: str, kind: str, documentation: str) -> None:
         self.name = name
-        self.kind = kind
         doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
         self.header = f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode()
         self.chunks: dict[Hashable, bytes] = {}
@@ -54,6 +53,10 @@ class Family:
         self.chunks[owner] = "".join(
             f"{name}{suffix}{{{labels}}} {format_value(value)}\n" for suffix, labels, value in samples
         ).encode()
+
+    def set_one(self, owner: Hashable, labels: str, value: float) -> None:
+        """Replace the owner's lines with one sample (most families have one per owner)."""
+        self.chunks[owner] = f"{self.name}{{{labels}}} {format_value(value)}\n".encode()
 
     def drop(self, owner: Hashable) -> None:
         self.chunks.pop(owner, None)
@@ -77,8 +80,3 @@ class Exposition:
                 parts.append(family.header)
                 parts.extend(family.chunks.values())
         return b"".join(parts)
-
-    def drop(self, owner: Hashable) -> None:
-        """Remove the owner's lines from every family."""
-        for family in self.families:
-            family.drop(owner)

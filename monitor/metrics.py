@@ -213,12 +213,9 @@ class Metrics:
             owner = (target.name, check.key)
             if owner in self._checks:
                 continue
-            state = self._checks[owner] = _CheckState(
+            self._add_check(owner, _CheckState(
                 self.vantage, target.name, check.label, check.via or "", expected_phases(check),
-                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip"))
-            self._render_check(owner, state)
-            self.skipped.set(owner, (("", state.labels, state.skipped),))
-            self._render_failures(owner, state)
+                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip")))
             if check.via:
                 self._roundtrip_state(target.name, check.via)
                 if target.name not in self._swept:
@@ -243,12 +240,11 @@ class Metrics:
 
     def record(self, result: Result) -> None:
         """Publish one result."""
-        owner = (result.target, f"{result.check}:{result.via}" if result.via else result.check)
+        owner = (result.target, result.key)
         state = self._checks.get(owner)
         if state is None:  # a check that was never added (not from the config): its series start now
-            state = self._checks[owner] = _CheckState(self.vantage, result.target, result.check, result.via or "",
-                                                      (), (), result.smtp_code is not None)
-            self.skipped.set(owner, (("", state.labels, 0.0),))
+            state = self._add_check(owner, _CheckState(self.vantage, result.target, result.check, result.via or "",
+                                                       (), (), result.smtp_code is not None))
         state.runs += 1
         state.last_attempt = result.started_at
         state.duration = result.duration_seconds
@@ -295,17 +291,17 @@ class Metrics:
         state = self._checks.get(owner)
         if state is not None:
             state.skipped += 1
-            self.skipped.set(owner, (("", state.labels, state.skipped),))
+            self.skipped.set_one(owner, state.labels, state.skipped)
 
     def record_late(self, target: str, via: str, count: int = 1) -> None:
         state = self._roundtrip_state(target, via)
         state.late += count
-        self.roundtrip_late.set((target, via), (("", state.labels, state.late),))
+        self.roundtrip_late.set_one((target, via), state.labels, state.late)
 
     def record_swept(self, target: str, count: int) -> None:
         total = self._swept[target] = self._swept.get(target, 0.0) + count
         labels = label_text(("target", "vantage"), (target, self.vantage))
-        self.swept.set(target, (("", labels, total),))
+        self.swept.set_one(target, labels, total)
 
     def record_lag(self, seconds: float) -> None:
         self._lag.observe(seconds)
@@ -315,17 +311,25 @@ class Metrics:
         if ok:
             self.reload_time.set(when)
 
+    def _add_check(self, owner: tuple[str, str], state: _CheckState) -> _CheckState:
+        """Start publishing a check's series, at their initial values."""
+        self._checks[owner] = state
+        self._render_check(owner, state)
+        self.skipped.set_one(owner, state.labels, state.skipped)
+        self._render_failures(owner, state)
+        return state
+
     def _render_check(self, owner: tuple[str, str], state: _CheckState) -> None:
         """Re-render the series a run changes (all but the failure and skip counters, rendered on their change)."""
         labels = state.labels
-        self.success.set(owner, (("", labels, state.success),))
-        self.duration.set(owner, (("", labels, state.duration),))
-        self.runs.set(owner, (("", labels, state.runs),))
-        self.last_attempt.set(owner, (("", labels, state.last_attempt),))
-        self.last_success.set(owner, (("", labels, state.last_success),))
-        self.cert_expiry.set(owner, (("", labels, state.cert_expiry),))
+        self.success.set_one(owner, labels, state.success)
+        self.duration.set_one(owner, labels, state.duration)
+        self.runs.set_one(owner, labels, state.runs)
+        self.last_attempt.set_one(owner, labels, state.last_attempt)
+        self.last_success.set_one(owner, labels, state.last_success)
+        self.cert_expiry.set_one(owner, labels, state.cert_expiry)
         if state.smtp_code is not None:
-            self.smtp_code.set(owner, (("", labels, state.smtp_code),))
+            self.smtp_code.set_one(owner, labels, state.smtp_code)
         check, rest = state.check, state.rest
         self.phase.set(owner, (("", f'{check},phase="{phase}",{rest}', seconds)
                                for phase, seconds in state.phases.items()))
@@ -341,7 +345,7 @@ class Metrics:
             state = self._roundtrips[(target, via)] = _RoundtripState(
                 label_text(("target", "vantage", "via"), (target, self.vantage, via)))
             self._render_roundtrip(target, via, state)
-            self.roundtrip_late.set((target, via), (("", state.labels, state.late),))
+            self.roundtrip_late.set_one((target, via), state.labels, state.late)
         return state
 
     def _observe_roundtrip(self, target: str, via: str, seconds: float) -> None:

@@ -62,6 +62,11 @@ class Result:
     queue_id: str | None = None
     message_id: str | None = None
 
+    @property
+    def key(self) -> str:
+        """Which of the target's checks this is: `CheckSettings.key` (`roundtrip:imap` for a round trip)."""
+        return f"{self.check}:{self.via}" if self.via else self.check
+
     def as_json(self) -> dict[str, Any]:
         """The public JSON shape (`mailmon check --json`); field names are an interface."""
         return {

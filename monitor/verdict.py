@@ -141,8 +141,7 @@ class VerdictBoard:
 
     def record(self, result: Result) -> str:
         """Store one result and return its target's verdict after it."""
-        key = f"{result.check}:{result.via}" if result.via else result.check
-        self._results.setdefault(result.target, {})[key] = result
+        self._results.setdefault(result.target, {})[result.key] = result
         verdict = self._decide(result.target)
         self._verdicts[result.target] = verdict
         return verdict
