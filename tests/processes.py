@@ -94,7 +94,11 @@ class Daemon:
     def __init__(self, command: list[str], ready_url: str, log: Path) -> None:
         self.log = log.open("wb")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
-        wait_for(lambda: http_get(ready_url)[0] == 200, f"{command[0]} to be ready")
+        try:
+            wait_for(lambda: http_get(ready_url)[0] == 200, f"{command[0]} to be ready")
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{log.name}:\n{log.read_text(errors='replace')[-4000:]}") from None
 
     def stop(self) -> None:
         terminate(self.process)

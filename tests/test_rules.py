@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.processes import start_alertmanager
 
 pytestmark = pytest.mark.prometheus
 
@@ -175,42 +176,15 @@ def test_routing_fallbacks(labels: tuple[str, ...], receiver: str) -> None:
 
 # --- inhibition, in a real Alertmanager -----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     """A private Alertmanager on loopback with the shipped configuration; yields its base URL."""
-    binary = tool("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
-    url = f"http://127.0.0.1:{free_port()}"
-    log = (tmp_path / "alertmanager.log").open("w")
-    process = subprocess.Popen([binary, f"--config.file={AM_CONFIG}", f"--storage.path={tmp_path}",
-                                f"--web.listen-address={url.removeprefix('http://')}", "--cluster.listen-address=",
-                                "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    tool("prometheus-alertmanager", package="prometheus-alertmanager")  # a clear failure when it is missing
+    daemon, url = start_alertmanager(tmp_path, AM_CONFIG)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("Alertmanager did not become ready:\n" + (tmp_path / "alertmanager.log").read_text())
-            time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        daemon.stop()
 
 
 def alert(name: str, **labels: str) -> dict[str, str]:
