@@ -225,13 +225,21 @@ class WireCapture:
             return self.flows[ehlo]
 
     def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop(self._proc, 10, close_stdin=True)
+
+
+def stop(process: subprocess.Popen[Any], grace: float, close_stdin: bool = False) -> None:
+    """Ask `process` to end (SIGTERM, or closing its stdin for children that stop at EOF), wait up to `grace`
+    seconds, then kill it."""
+    if not close_stdin:
+        process.terminate()
+    elif process.stdin is not None:
+        process.stdin.close()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 _SO_TIMESTAMPNS = 35  # Linux; not exported by Python's socket module

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import lab_env, machine_line, proc_cpu, proc_status_kb, wait_port  # noqa: E402
+from benchlib import lab_env, machine_line, proc_cpu, proc_status_kb, stop, wait_port  # noqa: E402
 
 BLACKBOX_CONFIG = """\
 modules:
@@ -379,17 +379,8 @@ def main() -> int:
                 profiled[name] = entry
     finally:
         for child in children.values():
-            if child.stdin is not None:
-                child.stdin.close()
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        bb.send_signal(signal.SIGTERM)
-        try:
-            bb.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            bb.kill()
+            stop(child, 30, close_stdin=True)
+        stop(bb, 10)
         bb_log.close()
 
     print(machine_line())

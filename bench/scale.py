@@ -53,6 +53,7 @@ from benchlib import (  # noqa: E402
     print_profile,
     proc_cpu,
     proc_status_kb,
+    stop,
     top_frames,
 )
 
@@ -246,12 +247,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             profile.kill()
             profile.wait()
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    stop(child, 60)
     log.close()
     fakes.stdin.close()
     served = json.loads(fakes.stdout.readline() or "{}").get("served", {})
