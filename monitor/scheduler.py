@@ -59,7 +59,7 @@ class Scheduler:
         self._order = itertools.count()
         self._serials = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer_at = 0.0  # kept here: uvloop's timer handles have no when()
         self._runs: set[asyncio.Task[None]] = set()
 
     @property
