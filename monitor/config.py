@@ -7,6 +7,7 @@ keys are errors rather than silently ignored typos.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import ipaddress
 import os
@@ -16,9 +17,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from monitor.changes import ChangeEntry, ChangeSource, IcsError, check_rrule, parse_ics
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import MailmonError
 
@@ -197,6 +200,8 @@ class Config:
     # Which failure counters exist before their first failure: "all" (every (stage, reason) pair a check can
     # produce, at 0) or "on_failure" (a pair appears when it first happens: ~70 % fewer series, for big fleets).
     failure_series: str = "all"
+    # Change calendars (client update days, renewals, maintenance) shown beside faults on every view.
+    changes: tuple[ChangeSource, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -609,7 +614,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
     entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "selfcheck",
-                                        "history", "metrics", "targets"))
+                                        "history", "metrics", "targets", "changes"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -664,11 +669,12 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     selfcheck = _load_selfcheck(reader, entries["selfcheck"][1] if "selfcheck" in entries else None, interval,
                                 targets)
     history = _load_history(reader, entries["history"][1], source) if "history" in entries else None
+    changes = _load_changes(reader, entries["changes"][1], source) if "changes" in entries else ()
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
                   targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck, history=history,
-                  failure_series=failure_series)
+                  failure_series=failure_series, changes=changes)
 
 
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$")
@@ -775,3 +781,121 @@ def load(path: str, environ: dict[str, str] | None = None) -> Config:
 def default_helo_name() -> str:
     """The name we announce in EHLO when the config names none; looked up once (it can block on DNS)."""
     return socket.getfqdn() or "mailmon.localdomain"
+
+
+_CALENDAR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@ -]{0,63}$")
+
+
+def _load_changes(reader: YamlReader, node: yaml.Node, source: str) -> tuple[ChangeSource, ...]:
+    """`changes:` — a list of calendars, each `{calendar: NAME, file: F.ics}` or `{calendar: NAME, entries: [...]}`."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        reader.problem(node, "changes", "must be a non-empty list of calendars ({calendar: NAME, file: F.ics} or "
+                                        "{calendar: NAME, entries: [...]})")
+        return ()
+    sources = []
+    for index, item in enumerate(node.value):
+        path = f"changes[{index}]"
+        entries = reader.mapping(item, path, ("calendar", "file", "entries"))
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        name = _get(reader, entries, "calendar", path,
+                    lambda n, p: reader.string(n, p, _CALENDAR_NAME, "a calendar name (letters, digits, _ . : @ - "
+                                                                     "and spaces, at most 64)"), None)
+        if "calendar" not in entries:
+            reader.problem(item, path, "calendar is required (it names the calendar on every view)")
+        if ("file" in entries) == ("entries" in entries):
+            reader.problem(item, path, "give exactly one of file (an iCalendar .ics file) or entries")
+            continue
+        if "file" in entries:
+            changes_file = _load_ics_file(reader, entries["file"][1], f"{path}.file", source)
+            if name is not None and changes_file is not None:
+                sources.append(ChangeSource(calendar=name, file=changes_file))
+        else:
+            inline = _load_change_entries(reader, entries["entries"][1], f"{path}.entries")
+            if name is not None and inline is not None:
+                sources.append(ChangeSource(calendar=name, entries=inline))
+    return tuple(sources)
+
+
+def _load_ics_file(reader: YamlReader, node: yaml.Node, path: str, source: str) -> str | None:
+    """The .ics file's absolute path (relative ones are relative to the config file), parsed once to prove it."""
+    name = reader.string(node, path)
+    if name is None:
+        return None
+    if not os.path.isabs(name) and source:
+        name = os.path.join(os.path.dirname(os.path.abspath(source)), name)
+    try:
+        with open(name, encoding="utf-8") as handle:
+            parse_ics(handle.read(), name)
+    except OSError as exc:
+        reader.problem(node, path, f"cannot read calendar file {name!r}: {exc.strerror}")
+        return None
+    except UnicodeDecodeError:
+        reader.problem(node, path, f"calendar file {name!r} is not UTF-8 text (RFC 5545 files are UTF-8)")
+        return None
+    except IcsError as exc:
+        # The calendar's own file and line say more than the config's: report those, naming the config entry.
+        for problem in exc.problems:
+            reader.problem(node, path, f"bad calendar: {problem}")
+        return None
+    return name
+
+
+_CHANGE_START = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)$")
+
+
+def _load_change_entries(reader: YamlReader, node: yaml.Node, path: str) -> tuple[ChangeEntry, ...] | None:
+    """Inline changes: `{name, start: "2026-01-13 10:00", timezone: Asia/Tokyo, duration: 3d, rrule: ...}`."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        reader.problem(node, path, "must be a non-empty list of {name, start, duration[, timezone][, rrule]}")
+        return None
+    found: list[ChangeEntry] = []
+    ok = True
+    for index, item in enumerate(node.value):
+        sub = f"{path}[{index}]"
+        entries = reader.mapping(item, sub, ("name", "start", "timezone", "duration", "rrule"))
+        if not isinstance(item, yaml.MappingNode):
+            ok = False
+            continue
+        for key in ("name", "start", "duration"):
+            if key not in entries:
+                reader.problem(item, sub, f"{key} is required")
+                ok = False
+        name = _get(reader, entries, "name", sub, reader.string, None)
+        duration = _get(reader, entries, "duration", sub, reader.duration, None)
+        zone: dt.tzinfo = dt.UTC
+        if "timezone" in entries:
+            zone_name = reader.string(entries["timezone"][1], f"{sub}.timezone")
+            try:
+                zone = ZoneInfo(zone_name) if zone_name is not None else zone
+            except (ZoneInfoNotFoundError, ValueError):
+                reader.problem(entries["timezone"][1], f"{sub}.timezone",
+                               f"{zone_name!r} is not a known IANA time zone (e.g. Asia/Tokyo, Europe/Berlin, UTC)")
+                ok = False
+        start = None
+        if "start" in entries:
+            text = reader.scalar(entries["start"][1], f"{sub}.start")
+            match = _CHANGE_START.match(text.strip()) if text is not None else None
+            if match is None:
+                reader.problem(entries["start"][1], f"{sub}.start",
+                               f"{text!r} is not a local date and time: write e.g. \"2026-01-13 10:00\" (the zone "
+                               "goes in timezone)")
+                ok = False
+            else:
+                try:
+                    start = dt.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}").replace(tzinfo=zone)
+                except ValueError as exc:
+                    reader.problem(entries["start"][1], f"{sub}.start", f"not a real date and time: {exc}")
+                    ok = False
+        rrule = None
+        if "rrule" in entries:
+            rrule = reader.string(entries["rrule"][1], f"{sub}.rrule")
+            try:
+                check_rrule(rrule or "")
+            except ValueError as exc:
+                reader.problem(entries["rrule"][1], f"{sub}.rrule",
+                               f"not an RFC 5545 RRULE (e.g. FREQ=MONTHLY;BYDAY=2TU): {exc}")
+                ok = False
+        if ok and name is not None and start is not None and duration is not None:
+            found.append(ChangeEntry(name=name, start=start, duration=dt.timedelta(seconds=duration), rrule=rrule))
+    return tuple(found) if ok else None
