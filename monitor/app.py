@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from monitor import config as config_module
 from monitor import selfcheck
+from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.history import History
 from monitor.logs import log_result
@@ -22,6 +23,8 @@ from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
+from monitor.diagnose import freshness
+from monitor.explain import Answer, explain
 from monitor.verdict import VerdictBoard, describe
 from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
@@ -36,6 +39,9 @@ SELFCHECK_TARGET = "_vantage"
 _SELFCHECK_DEBOUNCE = 1.0
 _MIN_SPREAD = 5.0
 _SPREAD_PER_CHECK = 0.01
+# Change calendars: files are looked at this often; window edges are met on time whatever this is.
+_CHANGES_RECHECK = 30.0
+_CHANGES_MIN_WAIT = 0.05
 
 
 class App:
@@ -54,6 +60,8 @@ class App:
         self.scheduler: Scheduler | None = None
         self._selfcheck_task: asyncio.Task[None] | None = None
         self._selfcheck_now = asyncio.Event()
+        self.calendars = ChangeCalendars(config.changes)
+        self._changes_task: asyncio.Task[None] | None = None
         self.web = web or WebConfig()
         self.http = HttpServer({
             ("GET", "/metrics"): self._metrics,
@@ -62,6 +70,7 @@ class App:
             ("POST", "/-/reload"): self._reload,
             ("GET", "/api/status"): self._api_status,
             ("GET", "/api/history"): self._api_history,
+            ("GET", "/api/explain"): self._api_explain,
             ("GET", "/"): self._index,
         }, authorize=self.web.authorized if self.web.users else None)
         self._reload_lock = asyncio.Lock()
@@ -86,6 +95,8 @@ class App:
         for target in self.config.targets:
             self.scheduler.add(target)
         self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
+        if self.config.changes:
+            self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
         self.metrics.record_reload(True, time.time())
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for ~0.5 s at 5,000 targets (bench/scale.py).
@@ -94,9 +105,10 @@ class App:
                                                       "targets": len(self.config.targets)}})
 
     async def stop(self) -> None:
-        if self._selfcheck_task is not None:
-            self._selfcheck_task.cancel()
-            await asyncio.gather(self._selfcheck_task, return_exceptions=True)
+        for task in (self._selfcheck_task, self._changes_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.http.stop()
@@ -173,6 +185,22 @@ class App:
             self.metrics.set_verdict(name, verdict)
         return result
 
+    async def _changes_loop(self) -> None:
+        """Keep the change-window series true: at every window edge, and every 30 s to notice edited files."""
+        while True:
+            problems = await asyncio.to_thread(self.calendars.refresh)
+            if problems:
+                # The last good copy stays in force, as a failed reload keeps the last good configuration.
+                self.metrics.record_reload(False, time.time())
+            now = time.time()
+            active = self.calendars.active(now)
+            next_starts = self.calendars.next_starts(now)
+            self.metrics.record_changes(self.calendars.changes(), {(w.calendar, w.change) for w in active},
+                                        next_starts)
+            edges = [w.end for w in active] + list(next_starts.values())
+            wait = min([_CHANGES_RECHECK, *(edge - now for edge in edges)])
+            await asyncio.sleep(max(_CHANGES_MIN_WAIT, wait))
+
     def _probes(self, config: Config) -> dict[str, Probe]:
         return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)
 
@@ -180,6 +208,11 @@ class App:
         assert self.scheduler is not None
         self.runner.probes = self._probes(new)
         self._follow(new)
+        if new.changes != self.config.changes:
+            self.calendars = ChangeCalendars(new.changes)
+            if self._changes_task is not None:
+                self._changes_task.cancel()
+            self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
         old: dict[str, Target] = {t.name: t for t in self.config.targets}
         fresh: dict[str, Target] = {t.name: t for t in new.targets}
         for name, target in old.items():
@@ -220,18 +253,42 @@ class App:
         """The latest result and verdict per target and check, as served at /api/status."""
         now = time.time()
         targets = []
+        open_windows = self.calendars.active(now)
+        during = (f" During change window {', '.join(f'{w.change} ({w.calendar})' for w in open_windows)}."
+                  if open_windows else "")
         for target in self.config.targets:
             results = self.board.results(target.name)
             verdict = self.board.verdict(target.name)
             targets.append({
                 "target": target.name,
                 "verdict": verdict,
-                "summary": describe(verdict, results, self.config.vantage),
+                "summary": describe(verdict, results, self.config.vantage) + during,
                 "checks": [{**r.as_json(), "age_seconds": round(now - r.started_at, 3), "transcript": r.transcript}
                            for r in results],
             })
+        recent = [w for w in self.calendars.windows(now - _RECENT_CHANGES, now) if w.end <= now]
         return {"vantage": self.config.vantage, "generated_at": now,
-                "vantage_healthy": self.board.vantage_healthy, "targets": targets}
+                "vantage_healthy": self.board.vantage_healthy, "targets": targets,
+                "change_windows_open": [w.as_json() for w in open_windows],
+                "change_windows_recent": [w.as_json() for w in recent]}
+
+    def explain(self, reported: str, target: str | None) -> Answer | str:
+        """"A user reports X" answered from this monitor's current results; a str is a bad request's reason."""
+        names = [t.name for t in self.config.targets]
+        if target is None and len(names) == 1:
+            target = names[0]
+        if target not in names:
+            return f"target must be one of: {', '.join(names)}"
+        if not reported.strip():
+            return "error must say what the user's client reported (a code such as 0x800CCC13, or its message)"
+        return explain(reported[:_MAX_REPORT], str(target), [self.status()], freshness(self.config))
+
+    async def _api_explain(self, request: Request) -> Response:
+        """`/api/explain?error=TEXT&target=NAME`: what the client's error means and where the fault is."""
+        answer = self.explain(_param(request.query, "error") or "", _param(request.query, "target"))
+        if isinstance(answer, str):
+            return _json({"error": answer}, 400)
+        return _json(answer.as_json())
 
     async def _api_status(self, request: Request) -> Response:
         return _json(self.status())
@@ -246,7 +303,15 @@ class App:
             return _json({"error": str(exc)}, 400)
         rows = await asyncio.to_thread(self.history.query, **params)
         more = len(rows) == params["limit"]
-        return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None})
+        windows = []
+        if rows:
+            times = [float(row["started_at"]) for row in rows]
+            windows = self.calendars.windows(min(times), max(times) + 1.0)
+            for row in rows:
+                at = float(row["started_at"])
+                row["change_windows"] = [w.change for w in windows if w.start <= at < w.end]
+        return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
+                      "change_windows": [w.as_json() for w in windows]})
 
     async def _index(self, request: Request) -> Response:
         status = self.status()
@@ -256,11 +321,28 @@ class App:
             rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
             for row in rows:
                 failures.setdefault(row["target"], []).append(row)
-        page = render_page(status, failures)
+        windows = [w.as_json() for w in self.calendars.windows(time.time() - 86400, time.time())]
+        reported = _param(request.query, "error")
+        answer = None
+        if reported is not None:
+            result = self.explain(reported, _param(request.query, "target"))
+            answer = {"error": result} if isinstance(result, str) else result.as_json()
+            answer["reported"] = reported[:_MAX_REPORT]
+            answer["target"] = _param(request.query, "target")
+        page = render_page(status, failures, windows=windows, answer=answer)
         return Response(body=page.encode(), content_type="text/html; charset=utf-8")
 
 
 _MAX_PAGE = 1000
+# What a user reported is looked up, echoed and matched: bound it.
+_MAX_REPORT = 500
+# Change windows that ended this long ago still matter to "a user reports X": faults follow changes.
+_RECENT_CHANGES = 3 * 86400.0
+
+
+def _param(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

@@ -66,9 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
     diagnose = sub.add_parser("diagnose", help="is it me or the server? run every check here and ask the monitor")
     common(diagnose)
-    diagnose.add_argument("--monitor", metavar="URL", help="the monitor to ask (default: http://<listen> from the "
-                                                           "config)")
+    diagnose.add_argument("--monitor", metavar="URL", action="append",
+                          help="the monitor to ask (default: http://<listen> from the config); repeat it to ask the "
+                               "monitors of several vantages")
     diagnose.add_argument("--target", metavar="NAME", help="only this target")
+    diagnose.add_argument("--client-error", metavar="TEXT", dest="client_error",
+                          help="what a user's mail client reported (a code such as 0x800CCC13, or its message): "
+                               "compare it with the monitors' results at the same protocol and step, run nothing here")
 
     history = sub.add_parser("history", help="show the probe history journal")
     common(history)
@@ -137,9 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_history(config, args.since, args.until, args.target, args.check, args.failed, max(1, args.limit),
                             args.format or "table")
     if args.command == "diagnose":
-        from monitor.diagnose import diagnose
+        from monitor.diagnose import diagnose, diagnose_client_error
 
-        return asyncio.run(diagnose(config, args.monitor, args.target, sys.stdout))
+        if args.client_error is not None:
+            return diagnose_client_error(config, args.monitor, args.target, args.client_error, sys.stdout)
+        return asyncio.run(diagnose(config, args.monitor[-1] if args.monitor else None, args.target, sys.stdout))
     return _on_loop(_check(config, args.target, args.check, args.json), args.event_loop)
 
 

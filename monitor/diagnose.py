@@ -12,15 +12,17 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from monitor.config import Config
+from monitor.explain import CANNOT_TELL, explain
 from monitor.probes import probes_for
 from monitor.result import Result
 from monitor.runner import Runner
 
-__all__ = ["diagnose"]
+__all__ = ["diagnose", "diagnose_client_error"]
 
 FINE, CLIENT_SIDE, SERVER_SIDE, UNKNOWN = 0, 1, 2, 3
 _PROTOCOL = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "roundtrip": "The round trip"}
@@ -136,3 +138,31 @@ def _rows(status: dict[str, Any] | None) -> dict[tuple[str, str], dict[str, Any]
             rows[(target.get("target"), _key(row.get("check"), row.get("via")))] = row
     return rows
 
+
+
+def freshness(config: Config) -> Callable[[str, str], float]:
+    """How old a monitor's result for (target, check) may be and still vouch for the server."""
+    intervals = {(t.name, c.label): c.interval for t in config.targets for c in t.checks}
+
+    def max_age(target: str, check: str) -> float:
+        return _FRESH_INTERVALS * intervals.get((target, check), config.interval)
+
+    return max_age
+
+
+def diagnose_client_error(config: Config, monitor_urls: list[str] | None, only_target: str | None, reported: str,
+                          out: TextIO) -> int:
+    """"A user reports X": ask every monitor about the target and compare at the step the client failed at."""
+    names = [t.name for t in config.targets]
+    target = only_target if only_target is not None else (names[0] if len(names) == 1 else None)
+    if target is None or target not in names:
+        print(f"Name the user's server with --target (one of: {', '.join(names)}).", file=out)
+        return CANNOT_TELL
+    urls = monitor_urls or [f"http://{config.listen}"]
+    statuses = [fetch_status(url) for url in urls]
+    for url, status in zip(urls, statuses, strict=True):
+        if status is None:
+            print(f"The monitor at {url} could not be reached (GET /api/status).", file=out)
+    answer = explain(reported, target, statuses, freshness(config))
+    print(answer.text, file=out)
+    return answer.code

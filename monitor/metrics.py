@@ -196,6 +196,12 @@ class Metrics:
                                "1 if the last configuration load succeeded.", registry=rest)
         self.reload_time = Gauge("mailmon_config_last_reload_success_timestamp_seconds",
                                  "Unix time of the last successful configuration load.", registry=rest)
+        self.change_active = Gauge("mailmon_change_window_active",
+                                   "1 while a window of the change is open (change calendars, config `changes`).",
+                                   ("vantage", "calendar", "change"), registry=rest)
+        self.change_next = Gauge("mailmon_change_window_next_start_timestamp_seconds",
+                                 "Unix time when the next window of the change opens (absent: none within a year).",
+                                 ("vantage", "calendar", "change"), registry=rest)
         build = Gauge("mailmon_build_info", "Build of the running monitor; the value is always 1.",
                       ("version", "python_version"), registry=rest)
         build.labels(__version__, platform.python_version()).set(1)
@@ -310,6 +316,17 @@ class Metrics:
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_time.set(when)
+
+    def record_changes(self, changes: dict[str, list[str]], active: set[tuple[str, str]],
+                       next_starts: dict[tuple[str, str], float]) -> None:
+        """Every configured change's window state; changes no longer in any calendar lose their series."""
+        self.change_active.clear()
+        self.change_next.clear()
+        for calendar, names in changes.items():
+            for name in names:
+                self.change_active.labels(self.vantage, calendar, name).set(1 if (calendar, name) in active else 0)
+                if (calendar, name) in next_starts:
+                    self.change_next.labels(self.vantage, calendar, name).set(next_starts[(calendar, name)])
 
     def _add_check(self, owner: tuple[str, str], state: _CheckState) -> _CheckState:
         """Start publishing a check's series, at their initial values."""

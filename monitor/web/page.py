@@ -31,7 +31,11 @@ table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:4px 8px;
 .ok{color:#2e7d32;font-weight:600}.fail{color:#c62828;font-weight:600}
 svg text{font-size:11px;fill:#555}pre{background:#f5f5f5;padding:8px;overflow:auto;font-size:12px}
 details{margin:4px 0}summary{cursor:pointer}
+.ask{background:#fff;border:1px solid #ddd;border-radius:6px;margin:0 0 20px;padding:14px 18px}
+.ask input[name=error]{width:420px}.answer{margin:10px 0 0;padding:10px 12px;border-radius:4px;color:#fff}
+.changes{background:#e3f2fd;border:1px solid #90caf9;border-radius:6px;padding:8px 14px;margin:0 0 20px}
 """
+_ANSWER_COLOURS = {"client_side": "#1565c0", "server_side": "#c62828", "cannot_tell": "#616161"}
 
 
 def _esc(value: Any) -> str:
@@ -70,13 +74,57 @@ def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float) -> 
     return "".join(parts)
 
 
+def _change_strip(windows: list[dict[str, Any]], now: float) -> str:
+    """The change windows of the last 24 h on the timeline's scale: what was going on when checks failed."""
+    if not windows:
+        return ""
+    label = 150
+    parts = [f'<svg width="{_WIDTH}" height="18" role="img" aria-label="change windows in the last 24 hours">'
+             '<text x="0" y="13">change windows</text>']
+    for window in windows:
+        left = max(0.0, 1 - (now - float(window["start"])) / _DAY)
+        right = min(1.0, 1 - (now - float(window["end"])) / _DAY)
+        if right <= left:
+            continue
+        x = label + (_WIDTH - label) * left
+        width = max(2.0, (_WIDTH - label) * (right - left))
+        title = f"{window['change']} ({window['calendar']}): {_when(window['start'])} – {_when(window['end'])}"
+        parts.append(f'<rect class="change-window" x="{x:.1f}" y="3" width="{width:.1f}" height="12" fill="#64b5f6">'
+                     f"<title>{_esc(title)}</title></rect>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _ask(status: dict[str, Any], answer: dict[str, Any] | None) -> str:
+    """The "a user reports ..." form, and its answer when the page was asked one (computed by the server)."""
+    reported = (answer or {}).get("reported", "")
+    chosen = (answer or {}).get("target")
+    options = "".join(f'<option{" selected" if t["target"] == chosen else ""}>{_esc(t["target"])}</option>'
+                      for t in status["targets"])
+    result = ""
+    if answer is not None and "error" in answer:
+        result = f'<p class="answer" style="background:#616161">{_esc(answer["error"])}</p>'
+    elif answer is not None:
+        colour = _ANSWER_COLOURS.get(answer["conclusion"], "#555")
+        result = (f'<p class="answer" id="answer" data-conclusion="{_esc(answer["conclusion"])}" '
+                  f'style="background:{colour}">{_esc(answer["text"])}</p>')
+    return ('<section class="ask"><form method="get" action="/">'
+            f'<label>A user reports: <input name="error" value="{_esc(reported)}" '
+            'placeholder="0x800CCC13, or the message the client showed"></label> '
+            f'<label>on <select name="target">{options}</select></label> <button type="submit">Explain</button>'
+            f"</form>{result}</section>")
+
+
 def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(timestamp)))
 
 
-def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], now: float | None = None) -> str:
-    """The page for a /api/status document and, per target, its failures of the last 24 h (newest first)."""
+def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], now: float | None = None,
+           windows: list[dict[str, Any]] | None = None, answer: dict[str, Any] | None = None) -> str:
+    """The page for a /api/status document and, per target, its failures of the last 24 h (newest first), the
+    change windows of those 24 h, and the answer to "a user reports ..." when one was asked."""
     now = time.time() if now is None else now
+    windows = windows or []
     sections = []
     for target in status["targets"]:
         verdict = target["verdict"]
@@ -104,11 +152,17 @@ def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], no
             f"<table><tr><th>check</th><th>state</th><th>took</th><th>last run</th><th>server said</th></tr>"
             f'{"".join(rows)}</table>'
             f"<h3>Last 24 hours</h3>{_timeline(names, failures.get(target['target'], []), now)}"
+            f"{_change_strip(windows, now)}"
             f'<h3>Failures ({len(failures.get(target["target"], []))})</h3>'
             f'{"".join(details) or "<p>None in the last 24 hours.</p>"}</section>')
     vantage = _esc(status["vantage"])
     health = "" if status.get("vantage_healthy", True) else (
         '<p class="fail">This monitor\'s own selfcheck fails: its results say nothing about the servers now.</p>')
+    open_now = status.get("change_windows_open") or []
+    if open_now:
+        listed = ", ".join(f"{w['change']} ({w['calendar']}) until {_when(w['end'])}" for w in open_now)
+        health += f'<p class="changes">Change window open now: {_esc(listed)}.</p>'
+    health += _ask(status, answer)
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<title>mailmon — {vantage}</title><style>{_STYLE}</style></head><body>"
             f"<header><h1>mailmon — is it the server or the client? Seen from {vantage}</h1></header><main>{health}"
