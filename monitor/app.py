@@ -16,6 +16,8 @@ from monitor import config as config_module
 from monitor import selfcheck
 from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
+from monitor.diagnose import freshness
+from monitor.explain import Answer, explain
 from monitor.history import History
 from monitor.logs import log_result
 from monitor.metrics import Metrics
@@ -23,8 +25,6 @@ from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
-from monitor.diagnose import freshness
-from monitor.explain import Answer, explain
 from monitor.verdict import VerdictBoard, describe
 from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
@@ -323,12 +323,12 @@ class App:
                 failures.setdefault(row["target"], []).append(row)
         windows = [w.as_json() for w in self.calendars.windows(time.time() - 86400, time.time())]
         reported = _param(request.query, "error")
-        answer = None
+        answer: dict[str, Any] | None = None
         if reported is not None:
-            result = self.explain(reported, _param(request.query, "target"))
+            target = _param(request.query, "target")
+            result = self.explain(reported, target)
             answer = {"error": result} if isinstance(result, str) else result.as_json()
-            answer["reported"] = reported[:_MAX_REPORT]
-            answer["target"] = _param(request.query, "target")
+            answer.update(reported=reported[:_MAX_REPORT], target=target)
         page = render_page(status, failures, windows=windows, answer=answer)
         return Response(body=page.encode(), content_type="text/html; charset=utf-8")
 
