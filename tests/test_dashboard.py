@@ -338,6 +338,11 @@ def _monitor_config(lab: Lab) -> str:
 vantage: ci
 defaults: {{interval: 2s, timeout: 2s}}
 probe_key: {{file: {lab.env["LAB_PROBE_KEY_FILE"]}}}
+changes:
+  - calendar: client-updates
+    entries:
+      - {{name: Patch Tuesday, start: "{time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() - 3600))}",
+          duration: 1d}}
 targets:
 {lab.target_yaml("lab", f"password_file: {lab.env['LAB_PASSWORD_FILE']}", "smtp: {port: 587, tls: starttls}",
                  "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}",
@@ -471,3 +476,18 @@ def test_shipped_rules_evaluate_and_record(stack: Stack) -> None:
     assert set(records) == recorded_series()
     empty = [name for name in records if not _query_with_retry(stack, f'{{__name__="{name}"}}', name, 20)]
     assert not empty, f"recording rules without output: {empty}"
+
+
+def test_change_window_annotation_uses_the_datasource_and_vantage() -> None:
+    """The change-window annotation queries Prometheus through the dashboard's variables."""
+    [annotation] = [a for a in load_dashboard()["annotations"]["list"] if a.get("name") == "Change windows"]
+    assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"} and annotation["enable"]
+    assert 'vantage=~"$vantage"' in annotation["expr"]
+
+
+def test_change_window_annotation_returns_the_open_window(stack: Stack) -> None:
+    """On a real Prometheus the annotation's query returns the window that is open at the monitor."""
+    [annotation] = [a for a in load_dashboard()["annotations"]["list"] if a.get("name") == "Change windows"]
+    expr = substitute(annotation["expr"], {**fixed_variables(load_dashboard()), "vantage": "ci"})
+    found = _query_with_retry(stack, expr, "the change-window annotation")
+    assert [(s["metric"]["calendar"], s["metric"]["change"]) for s in found] == [("client-updates", "Patch Tuesday")]
