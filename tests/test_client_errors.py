@@ -68,3 +68,11 @@ def test_vendor_text_finds_its_entry(reported: str, expected: str) -> None:
 def test_unknown_reports_match_nothing(reported: str) -> None:
     """Unknown codes and loose descriptions match nothing: no entry is ever guessed."""
     assert lookup(reported) == []
+
+
+def test_the_docs_list_every_entry() -> None:
+    """docs/client-errors.md lists every entry of the table, so the published table cannot drift from the data."""
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "client-errors.md").read_text()
+    assert [e.id for e in table() if f"| `{e.id}` |" not in page] == []
