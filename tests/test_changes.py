@@ -15,6 +15,7 @@ from monitor.config import ConfigError, load_text
 DATA = Path(__file__).parent / "data" / "calendars"
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def _utc(*parts: int) -> float:
@@ -59,10 +60,10 @@ def test_next_start_is_the_next_occurrence() -> None:
 def test_the_monitors_own_zone_does_not_move_zoned_windows() -> None:
     """The same calendar read by monitors in different zones opens at the same instant."""
     assert patch_tuesday(NEW_YORK).windows(MARCH_OPENS - 3600, MARCH_OPENS + 3600) == \
-        patch_tuesday(ZoneInfo("Europe/Berlin")).windows(MARCH_OPENS - 3600, MARCH_OPENS + 3600)
+        patch_tuesday(BERLIN).windows(MARCH_OPENS - 3600, MARCH_OPENS + 3600)
 
 
-def outlook_calendar(zone: dt.tzinfo = ZoneInfo("Europe/Berlin")) -> ChangeCalendars:
+def outlook_calendar(zone: dt.tzinfo = BERLIN) -> ChangeCalendars:
     return ChangeCalendars([ChangeSource("it", file=str(DATA / "outlook-export.ics"))], local_zone=zone)
 
 
