@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -182,3 +183,17 @@ def test_status_page_form_answers_in_chromium(monitors: list[Monitor], tmp_path:
     artifacts = Path(__file__).parent.parent / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "support-desk-answer.png")  # for a person to look at
+
+
+def test_reload_rereads_the_calendars(tmp_path: Path, lab: Lab) -> None:
+    """SIGHUP with an edited `changes:` replaces the calendars: the old change's series go, the new one's come."""
+    config = _config(tmp_path, lab, "reload")
+    monitor = Monitor(config, tmp_path / "reload.log")
+    try:
+        wait_for(lambda: 'change="Patch Tuesday"' in monitor.metrics(), "the first calendar's series")
+        config.write_text(config.read_text().replace("name: Patch Tuesday", "name: Office update"))
+        monitor.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: 'change="Office update",vantage="reload"} 1.0' in monitor.metrics(), "the edited calendar")
+        assert 'change="Patch Tuesday"' not in monitor.metrics()
+    finally:
+        monitor.stop()
