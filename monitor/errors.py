@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 
@@ -24,7 +25,10 @@ STAGES: tuple[str, ...] = (
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
     "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
+    "mailbox_full",
 )
+# RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
+_MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
 _X509_CERT_HAS_EXPIRED = 10
@@ -59,6 +63,13 @@ def reply_reason(code: int) -> str:
     if 500 <= code < 600:
         return "reply_5xx"
     return "protocol"
+
+
+def smtp_reply_reason(code: int, message: str) -> str:
+    """The reason for an unexpected SMTP reply: a full mailbox (enhanced status X.2.2) is named as such."""
+    if 400 <= code < 600 and _MAILBOX_FULL.match(message.lstrip()):
+        return "mailbox_full"
+    return reply_reason(code)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

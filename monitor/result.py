@@ -61,6 +61,8 @@ class Result:
     via: str | None = None
     queue_id: str | None = None
     message_id: str | None = None
+    # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB.
+    quota: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -87,6 +89,7 @@ class Result:
             "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
+            "quota": {name: {"usage": usage, "limit": limit} for name, (usage, limit) in self.quota.items()} or None,
         }
 
 
@@ -111,6 +114,7 @@ class ProbeContext:
         self.smtp_reply: str | None = None
         self.queue_id: str | None = None
         self.message_id: str | None = None
+        self.quota: dict[str, tuple[int, int]] = {}
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: str | None = None
