@@ -102,7 +102,8 @@ def _reason_of(exc: BaseException) -> str | None:
         # ConnectionError because aiosmtplib's rejected-banner error is both. Any other code is a protocol
         # error: aiosmtplib reports a malformed or oversized reply as code -1, and an EHLO answered with,
         # say, 220 as that code.
-        return reply_reason(code)
+        message = getattr(exc, "message", None)
+        return smtp_reply_reason(code, message) if isinstance(message, str) else reply_reason(code)
     if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
         return "reset"  # after refused: a peer that went away, however the library words it
     if isinstance(exc, socket.gaierror):

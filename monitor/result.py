@@ -61,7 +61,8 @@ class Result:
     via: str | None = None
     queue_id: str | None = None
     message_id: str | None = None
-    # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB.
+    # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB. A state of
+    # the mailbox for metrics and the summary; the transcript keeps the server's words for the history.
     quota: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
@@ -89,7 +90,6 @@ class Result:
             "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
-            "quota": {name: {"usage": usage, "limit": limit} for name, (usage, limit) in self.quota.items()} or None,
         }
 
 
