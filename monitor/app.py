@@ -262,7 +262,7 @@ class App:
             targets.append({
                 "target": target.name,
                 "verdict": verdict,
-                "summary": describe(verdict, results, self.config.vantage) + during,
+                "summary": describe(verdict, results, self.config.vantage) + _quota_note(target, results) + during,
                 "checks": [{**r.as_json(), "age_seconds": round(now - r.started_at, 3), "transcript": r.transcript}
                            for r in results],
             })
@@ -343,6 +343,21 @@ _RECENT_CHANGES = 3 * 86400.0
 def _param(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[-1] if values else None
+
+
+def _quota_note(target: Target, results: list[Result]) -> str:
+    """" The INBOX mailbox is 95% full (MESSAGE 95 of 100)." for each checked mailbox above its quota_warning."""
+    notes = []
+    for result in results:
+        check = next((c for c in target.checks if c.key == result.key), None)
+        if check is None or not result.quota:
+            continue
+        name, (usage, limit) = max(result.quota.items(), key=lambda item: item[1][0] / item[1][1])
+        if usage / limit >= check.quota_warning:
+            unit = " KiB" if name == "STORAGE" else ""
+            notes.append(f" The {check.mailbox} mailbox is {100 * usage / limit:.0f}% full ({name} {usage}{unit} of "
+                         f"{limit}{unit}): new mail may be refused.")
+    return "".join(notes)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

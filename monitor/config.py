@@ -132,6 +132,8 @@ class CheckSettings:
     tls_min: str | None = None
     tls_max: str | None = None
     auth_mechanism: str | None = None
+    # IMAP only: the share of the mailbox quota (any resource) above which the mailbox counts as nearly full.
+    quota_warning: float = 0.9
 
     @property
     def label(self) -> str:
@@ -426,7 +428,7 @@ def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, en
 
 _CHECK_KEYS = {
     "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to"),
-    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox"),
+    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox", "quota_warning"),
     "pop3": ("port", "tls", "interval", "timeout", "auth"),
 }
 _PROFILE_KEYS = ("name", "tls_min", "tls_max", "auth_mechanism", *_CHECK_KEYS["smtp"])
@@ -505,7 +507,25 @@ def _load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, inter
         helo_name=_get(reader, entries, "helo_name", path, reader.string, None),
         mail_from=mail_from, rcpt_to=rcpt_to,
         mailbox=_get(reader, entries, "mailbox", path, reader.string, "INBOX"),
+        quota_warning=_get(reader, entries, "quota_warning", path, _ratio(reader), 0.9),
     )
+
+
+def _ratio(reader: YamlReader) -> Callable[[yaml.Node, str], float | None]:
+    """A share written as `90%` or `0.9`, above 0 and at most 1."""
+    def convert(node: yaml.Node, path: str) -> float | None:
+        text = reader.scalar(node, path)
+        if text is None:
+            return None
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:
+            reader.problem(node, path, f"must be a share above 0 and at most 100% (e.g. 90% or 0.9), got {text!r}")
+            return None
+        return value
+    return convert
 
 
 _ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox")

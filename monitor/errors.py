@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 
@@ -24,7 +25,10 @@ STAGES: tuple[str, ...] = (
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
     "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
+    "mailbox_full",
 )
+# RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
+_MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
 _X509_CERT_HAS_EXPIRED = 10
@@ -61,6 +65,13 @@ def reply_reason(code: int) -> str:
     return "protocol"
 
 
+def smtp_reply_reason(code: int, message: str) -> str:
+    """The reason for an unexpected SMTP reply: a full mailbox (enhanced status X.2.2) is named as such."""
+    if 400 <= code < 600 and _MAILBOX_FULL.match(message.lstrip()):
+        return "mailbox_full"
+    return reply_reason(code)
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception and the errors it was raised from, outermost first: libraries wrap the OS error we want."""
     chain: list[BaseException] = []
@@ -91,7 +102,8 @@ def _reason_of(exc: BaseException) -> str | None:
         # ConnectionError because aiosmtplib's rejected-banner error is both. Any other code is a protocol
         # error: aiosmtplib reports a malformed or oversized reply as code -1, and an EHLO answered with,
         # say, 220 as that code.
-        return reply_reason(code)
+        message = getattr(exc, "message", None)
+        return smtp_reply_reason(code, message) if isinstance(message, str) else reply_reason(code)
     if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError, EOFError)):
         return "reset"  # after refused: a peer that went away, however the library words it
     if isinstance(exc, socket.gaierror):

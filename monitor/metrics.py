@@ -41,6 +41,9 @@ _AT_STAGE = {
     "connect": ("refused", "unreachable"),
     "tls": ("tls_handshake", "cert_invalid", "cert_expired", "reply_4xx", "reply_5xx"),
     "auth": ("auth_rejected", "reply_4xx", "reply_5xx"),
+    # RFC 3463 X.2.2: the recipient's mailbox is full.
+    "rcpt": ("reply_4xx", "reply_5xx", "mailbox_full"),
+    "data": ("reply_4xx", "reply_5xx", "mailbox_full"),
 }
 _REPLIES = ("reply_4xx", "reply_5xx")
 
@@ -167,6 +170,12 @@ class Metrics:
         self.verdict = text.family("mailmon_verdict", "gauge",
                                    "Where the fault is for the target, seen from this vantage: one series per verdict, "
                                    "1 for the current one (state set).")
+        self.quota_ratio = text.family("mailmon_mailbox_quota_used_ratio", "gauge",
+            "Share of the checked mailbox's quota in use, per resource (IMAP GETQUOTAROOT; absent without QUOTA).")
+        self.quota_limit = text.family("mailmon_mailbox_quota_limit", "gauge",
+            "The checked mailbox's quota limit, per resource: bytes for STORAGE, messages for MESSAGE.")
+        self.quota_warning = text.family("mailmon_mailbox_quota_warning_ratio", "gauge",
+            "The configured share of the quota above which the mailbox counts as nearly full (quota_warning).")
         self._checks: dict[tuple[str, str], _CheckState] = {}
         self._roundtrips: dict[tuple[str, str], _RoundtripState] = {}
         self._swept: dict[str, float] = {}
@@ -219,9 +228,12 @@ class Metrics:
             owner = (target.name, check.key)
             if owner in self._checks:
                 continue
-            self._add_check(owner, _CheckState(
+            state = self._add_check(owner, _CheckState(
                 self.vantage, target.name, check.label, check.via or "", expected_phases(check),
                 possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip")))
+            if check.name == "imap":
+                # The nearly-full threshold, so the shipped alert compares each mailbox with its own setting.
+                self.quota_warning.set_one(owner, state.labels, check.quota_warning)
             if check.via:
                 self._roundtrip_state(target.name, check.via)
                 if target.name not in self._swept:
@@ -235,7 +247,8 @@ class Metrics:
             owner = (target.name, check.key)
             self._checks.pop(owner, None)
             for family in (self.success, self.duration, self.phase, self.runs, self.failures, self.skipped,
-                           self.last_attempt, self.last_success, self.smtp_code, self.cert_expiry):
+                           self.last_attempt, self.last_success, self.smtp_code, self.cert_expiry, self.quota_ratio,
+                           self.quota_limit, self.quota_warning):
                 family.drop(owner)
             if check.via:
                 self._roundtrips.pop((target.name, check.via), None)
@@ -273,6 +286,8 @@ class Metrics:
         if result.tls.cert_not_after is not None:
             state.cert_expiry = result.tls.cert_not_after
         self._render_check(owner, state)
+        if result.quota:
+            self._render_quota(owner, state, result.quota)
         if result.via and result.ok and "delivery" in result.phases:
             self._observe_roundtrip(result.target, result.via, result.phases["delivery"])
 
@@ -350,6 +365,15 @@ class Metrics:
         check, rest = state.check, state.rest
         self.phase.set(owner, (("", f'{check},phase="{phase}",{rest}', seconds)
                                for phase, seconds in state.phases.items()))
+
+    def _render_quota(self, owner: tuple[str, str], state: _CheckState, quota: dict[str, tuple[int, int]]) -> None:
+        """The mailbox's quota as the server reported it this run (RFC 9208: STORAGE counts KiB)."""
+        check, rest = state.check, state.rest
+        self.quota_ratio.set(owner, (("", f'{check},resource="{name}",{rest}', usage / limit)
+                                     for name, (usage, limit) in sorted(quota.items())))
+        self.quota_limit.set(owner, (("", f'{check},resource="{name}",{rest}',
+                                      float(limit * 1024 if name == "STORAGE" else limit))
+                                     for name, (_, limit) in sorted(quota.items())))
 
     def _render_failures(self, owner: tuple[str, str], state: _CheckState) -> None:
         check, rest = state.check, state.rest

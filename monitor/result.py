@@ -61,6 +61,9 @@ class Result:
     via: str | None = None
     queue_id: str | None = None
     message_id: str | None = None
+    # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB. A state of
+    # the mailbox for metrics and the summary; the transcript keeps the server's words for the history.
+    quota: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -111,6 +114,7 @@ class ProbeContext:
         self.smtp_reply: str | None = None
         self.queue_id: str | None = None
         self.message_id: str | None = None
+        self.quota: dict[str, tuple[int, int]] = {}
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: str | None = None

@@ -37,6 +37,7 @@ RECEIVERS = {
     "MailmonAuthFailure": "mail-oncall",
     "MailmonCertificateExpiringSoon": "mail-oncall",
     "MailmonCertificateExpired": "mail-oncall",
+    "MailmonMailboxNearlyFull": "mail-oncall",
     "MailmonSiteFault": "site-owners",
     "MailmonVantageDown": "mailmon-owners",
 }

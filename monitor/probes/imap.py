@@ -234,6 +234,22 @@ class ImapSession:
         if response.result != "OK":
             raise ProbeError("select", "protocol", f"SELECT {mailbox} {response.result}: {_text(response)}")
 
+    async def quota(self, mailbox: str) -> None:
+        """RFC 9208 GETQUOTAROOT for the mailbox, when the server offers QUOTA: its usage and limits go to the
+        result (a full mailbox explains a round trip that stalls). A refusal only means no quota to report."""
+        protocol = self.protocol
+        assert protocol is not None
+        if "QUOTA" not in protocol.capabilities:
+            return
+        quoted = '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        command = aioimaplib.Command("GETQUOTAROOT", protocol.new_tag(), quoted, untagged_resp_name="QUOTA",
+                                     loop=protocol.loop)
+        self.ctx.say(f"{command.tag} GETQUOTAROOT {quoted}")
+        response = await self.watch(protocol.execute(command))
+        self._heard(response)
+        if response.result == "OK":
+            self.ctx.quota = parse_quota(response.lines)
+
     async def logout(self) -> None:
         protocol = self.protocol
         assert protocol is not None
@@ -258,6 +274,28 @@ class ImapSession:
         self.ctx.heard(f"{response.result}")
 
 
+_QUOTA_LIST = re.compile(rb"\(([^()]*)\)")
+
+
+def parse_quota(lines: list[bytes | bytearray | str]) -> dict[str, tuple[int, int]]:
+    """`(STORAGE 2 1024 MESSAGE 3 3)` of every QUOTA response → {resource: (usage, limit)}; of several roots
+    limiting one resource, the fullest counts."""
+    found: dict[str, tuple[int, int]] = {}
+    for line in lines:
+        if not isinstance(line, (bytes, bytearray)):
+            continue
+        for group in _QUOTA_LIST.findall(bytes(line)):
+            words = group.split()
+            for name, usage, limit in zip(words[0::3], words[1::3], words[2::3], strict=False):
+                if not (usage.isdigit() and limit.isdigit()) or int(limit) == 0:
+                    continue
+                resource = name.decode(errors="replace").upper()
+                best = found.get(resource)
+                if best is None or int(usage) / int(limit) > best[0] / best[1]:
+                    found[resource] = (int(usage), int(limit))
+    return found
+
+
 def _text(response: aioimaplib.Response) -> str:
     lines = [line.decode(errors="replace") for line in response.lines if isinstance(line, bytes)]
     return " ".join(lines)[-300:]
@@ -270,6 +308,7 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
         await session.open()
         ctx.step("select")
         await session.select(check.mailbox)
+        await session.quota(check.mailbox)
         ctx.step("logout")
         await session.logout()
     finally:

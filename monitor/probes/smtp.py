@@ -14,7 +14,7 @@ import socket
 import aiosmtplib
 
 from monitor.config import CheckSettings, Target, default_helo_name
-from monitor.errors import ProbeError, reply_reason
+from monitor.errors import ProbeError, smtp_reply_reason
 from monitor.net import open_socket
 from monitor.result import ProbeContext
 from monitor.tls import client_context
@@ -39,7 +39,8 @@ def _rejected(ctx: ProbeContext, stage: str, exc: aiosmtplib.SMTPResponseExcepti
               reason: str | None = None) -> ProbeError:
     """Record a reply that aiosmtplib raised instead of returning, and turn it into the failure of `stage`."""
     record_reply(ctx, aiosmtplib.SMTPResponse(exc.code, exc.message))
-    return ProbeError(stage, reason or reply_reason(exc.code), f"{what}{exc.code} {exc.message}", smtp_code=exc.code)
+    return ProbeError(stage, reason or smtp_reply_reason(exc.code, exc.message), f"{what}{exc.code} {exc.message}",
+                      smtp_code=exc.code)
 
 
 def _quick_ack(client: aiosmtplib.SMTP) -> None:
@@ -75,7 +76,8 @@ async def _ehlo(ctx: ProbeContext, client: aiosmtplib.SMTP, helo: str, quick_ack
 def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *codes: int) -> None:
     record_reply(ctx, response)
     if response.code not in codes:
-        raise ProbeError(stage, reply_reason(response.code), f"{response.code} {response.message}",
+        raise ProbeError(stage, smtp_reply_reason(response.code, response.message),
+                         f"{response.code} {response.message}",
                          smtp_code=response.code)
 
 
