@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, Lab, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
+from tests.tools import tool
 
 pytestmark = pytest.mark.lab
 
@@ -143,8 +143,7 @@ def test_no_secret_anywhere(lab: Lab, outage: tuple[Monitor, Path, Path]) -> Non
 def test_status_page_renders_in_chromium(outage: tuple[Monitor, Path, Path]) -> None:
     """Headless Chromium renders the page: verdicts in words, the timeline and the outage's transcripts."""
     monitor, _, _ = outage
-    chromium = shutil.which("chromium")
-    assert chromium, "the chromium Debian package is required for the page test"
+    chromium = tool("chromium", package="the Debian package chromium")
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

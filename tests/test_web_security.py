@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import free_port, mailmon_command
 from tests.processes import Daemon, http_get, query, wait_for
+from tests.tools import tool
 
 USER, PASSWORD = "prometheus", "scrape-Secret-42"
 
@@ -24,7 +25,8 @@ USER, PASSWORD = "prometheus", "scrape-Secret-42"
 def _tls_material(tmp: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
     cert, key = tmp / "web.pem", tmp / "web.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailmon",
+    openssl = tool("openssl", package="the Debian package openssl")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailmon",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     return cert, key
@@ -104,7 +106,8 @@ def test_prometheus_scrapes_with_tls_and_basic_auth(tmp_path: Path, secured: tup
         "job_name": "mailmon", "scheme": "https", "tls_config": {"ca_file": str(cert)},
         "basic_auth": {"username": USER, "password": PASSWORD},
         "static_configs": [{"targets": [url.removeprefix("https://")]}]}]}))
-    prometheus = Daemon(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    prometheus_bin = tool("prometheus", package="the Debian package prometheus")
+    prometheus = Daemon([prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                          f"--web.listen-address={listen}"], f"http://{listen}/-/ready", tmp_path / "prom.log")
     try:
         wait_for(lambda: [r["value"][1] for r in query(f"http://{listen}", 'up{job="mailmon"}')] == ["1"],
