@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Lab, free_port, mailmon_command
+from tests.conftest import Lab, mailmon_command
 
 pytestmark = pytest.mark.lab
 
@@ -52,11 +53,11 @@ def test_json_lines_carry_the_public_fields(tmp_path: Path, lab: Lab) -> None:
         assert isinstance(row["phases"], dict) and all(isinstance(v, float) for v in row["phases"].values())
 
 
-def test_a_failure_exits_2_critical(tmp_path: Path, lab: Lab) -> None:
+def test_a_failure_exits_2_critical(tmp_path: Path, lab: Lab, refused_ports: Callable[[], int]) -> None:
     """A refused port makes the run CRITICAL (exit 2) and the JSON row says connect/refused."""
     extra = f"""  - name: closed
     host: 127.0.0.1
-    smtp: {{port: {free_port()}, tls: none, timeout: 5s}}
+    smtp: {{port: {refused_ports()}, tls: none, timeout: 5s}}
 """
     done = _check("--config", str(_config(tmp_path, lab, lab.password, extra)), "--target", "closed", "--json")
     assert done.returncode == 2
