@@ -87,6 +87,7 @@ class App:
             self.scheduler.add(target)
         self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
         self.metrics.record_reload(True, time.time())
+        self.started_at = time.time()  # the status page marks it: data before it is from an earlier process
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for ~0.5 s at 5,000 targets (bench/scale.py).
         gc.freeze()
@@ -251,16 +252,23 @@ class App:
     async def _index(self, request: Request) -> Response:
         status = self.status()
         failures: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
         if self.history is not None:
             since = time.time() - 86400
             rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
             for row in rows:
                 failures.setdefault(row["target"], []).append(row)
-        page = render_page(status, failures)
+            # Every recorded run, so the timeline colours what happened and leaves hours without runs as no data.
+            for row in await asyncio.to_thread(self.history.query, since=since, limit=_PAGE_RUNS):
+                runs.setdefault(row["target"], []).append(row)
+        page = render_page(status, failures, runs=runs if self.history is not None else None,
+                           monitor_started=getattr(self, "started_at", None))
         return Response(body=page.encode(), content_type="text/html; charset=utf-8")
 
 
 _MAX_PAGE = 1000
+# Runs the status page's timeline reads (newest first): a day of 60 s checks is 1,440 runs per check.
+_PAGE_RUNS = 50000
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

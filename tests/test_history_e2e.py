@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -160,6 +161,11 @@ def test_status_page_renders_in_chromium(outage: tuple[Monitor, Path, Path], tmp
     assert 'data-target="lab-wrong-password" data-verdict="auth_failed"' in dom
     assert "<svg" in dom and 'href="#failure-' in dom
     assert "connect/refused" in dom
+    # The monitor has run for under a minute: most of the day is no data, the recent slots hold its runs, and
+    # its start is marked.
+    states = re.findall(r'data-state="([a-z-]+)"', dom)
+    assert states.count("no-data") >= 3 * 90 and {"ok", "mixed", "failed"} & set(states)
+    assert 'data-mark="monitor-start"' in dom
     shot = artifacts / "status-page.png"
     shooting = subprocess.run([chromium, *flags, f"--screenshot={shot}", monitor.url + "/"], capture_output=True,
                               text=True, timeout=120)
