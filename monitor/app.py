@@ -98,6 +98,7 @@ class App:
         if self.config.changes:
             self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
         self.metrics.record_reload(True, time.time())
+        self.started_at = time.time()  # the status page marks it: data before it is from an earlier process
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for ~0.5 s at 5,000 targets (bench/scale.py).
         gc.freeze()
@@ -316,11 +317,15 @@ class App:
     async def _index(self, request: Request) -> Response:
         status = self.status()
         failures: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
         if self.history is not None:
             since = time.time() - 86400
             rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
             for row in rows:
                 failures.setdefault(row["target"], []).append(row)
+            # Every recorded run, so the timeline colours what happened and leaves hours without runs as no data.
+            for row in await asyncio.to_thread(self.history.query, since=since, limit=_PAGE_RUNS):
+                runs.setdefault(row["target"], []).append(row)
         windows = [w.as_json() for w in self.calendars.windows(time.time() - 86400, time.time())]
         reported = _param(request.query, "error")
         answer: dict[str, Any] | None = None
@@ -329,7 +334,8 @@ class App:
             result = self.explain(reported, target)
             answer = {"error": result} if isinstance(result, str) else result.as_json()
             answer.update(reported=reported[:_MAX_REPORT], target=target)
-        page = render_page(status, failures, windows=windows, answer=answer)
+        page = render_page(status, failures, runs=runs if self.history is not None else None,
+                           monitor_started=getattr(self, "started_at", None), windows=windows, answer=answer)
         return Response(body=page.encode(), content_type="text/html; charset=utf-8")
 
 
@@ -358,6 +364,10 @@ def _quota_note(target: Target, results: list[Result]) -> str:
             notes.append(f" The {check.mailbox} mailbox is {100 * usage / limit:.0f}% full ({name} {usage}{unit} of "
                          f"{limit}{unit}): new mail may be refused.")
     return "".join(notes)
+
+
+# Runs the status page's timeline reads (newest first): a day of 60 s checks is 1,440 runs per check.
+_PAGE_RUNS = 50000
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

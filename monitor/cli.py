@@ -113,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     config = _load(args.config)
     if config is None:
+        if args.command == "check":
+            # A plugin that cannot run its check says UNKNOWN (3), per the monitoring-plugins guidelines: a typo
+            # in the config must not page as a CRITICAL server outage. `validate` and `run` keep exit 2.
+            print(f"MAILMON UNKNOWN - configuration error in {args.config} (details on stderr)")
+            return EXIT_UNKNOWN
         return EXIT_CONFIG
     if args.command == "validate":
         checks = sum(len(t.checks) for t in config.targets)
@@ -222,7 +227,7 @@ def _print_table(results: list[Result]) -> None:
     state = "CRITICAL" if failed else "OK"
     summary = ", ".join(f"{r.target}/{_name(r)} {r.stage}/{r.reason}" for r in failed)
     summary = summary or f"{len(results)} checks passed"
-    print(f"MAILMON {state} - {summary}")
+    print(f"MAILMON {state} - {summary} | {_perfdata(results)}")
     rows = [("TARGET", "CHECK", "RESULT", "SECONDS", "SLOWEST STEP", "DETAIL")]
     for r in results:
         slowest = max(r.phases.items(), key=lambda item: item[1]) if r.phases else ("-", 0.0)
@@ -231,6 +236,21 @@ def _print_table(results: list[Result]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5][:120])
+
+
+def _perfdata(results: list[Result]) -> str:
+    """Nagios performance data, one `'label'=value[UOM];[warn];[crit];[min];[max]` per check, space separated.
+
+    The value is the check's duration in seconds; a failed check's is `U` (the guidelines' "could not be
+    determined"), so a graph shows a gap rather than the time it took to fail. Labels are always quoted and a
+    quote inside one is doubled, as the guidelines require for labels with spaces, `=` or `'`.
+    """
+    def one(r: Result) -> str:
+        label = f"{r.target}/{_name(r)}".replace("'", "''")
+        value = f"{r.duration_seconds:.3f}s" if r.ok else "U"
+        return f"'{label}'={value};;;0"
+
+    return " ".join(one(r) for r in results)
 
 
 def _name(result: Result) -> str:

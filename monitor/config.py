@@ -24,6 +24,7 @@ import yaml
 from monitor.changes import ChangeEntry, ChangeSource, IcsError, check_rrule, parse_ics
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import MailmonError
+from monitor.history import MIN_MAX_BYTES
 
 __all__ = [
     "CHECK_NAMES",
@@ -699,7 +700,9 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
 
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
-_MIN_HISTORY_BYTES = 256 * 1024
+# The history writer's own floor (its size retention needs room for a few commits): one rule, checked here
+# with file:line so `validate` and `run` agree.
+_MIN_HISTORY_BYTES = MIN_MAX_BYTES
 
 
 def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySettings | None:
@@ -721,7 +724,8 @@ def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySe
         elif match is not None:
             max_bytes = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
             if max_bytes < _MIN_HISTORY_BYTES:
-                reader.problem(entries["max_size"][1], "history.max_size", "must be at least 256KiB")
+                reader.problem(entries["max_size"][1], "history.max_size",
+                               f"must be at least {_MIN_HISTORY_BYTES // 1024}KiB, got {max_bytes} bytes")
     if path is None:
         return None
     if not os.path.isabs(path) and source:

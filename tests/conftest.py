@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -123,6 +123,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def refused_ports() -> Iterator[Callable[[], int]]:
+    """Make ports on 127.0.0.1 that refuse connections until the test ends.
+
+    Each port stays bound (never listening) for the whole test: Linux answers a SYN to it with RST, and no other
+    process can bind it meanwhile, unlike a port found free and released, which anything may take before use.
+    """
+    held: list[socket.socket] = []
+
+    def make() -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+        return int(sock.getsockname()[1])
+
+    try:
+        yield make
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def local_target(check: str, port: int, tls_mode: str = "none", timeout: float = 2.0) -> Target:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import free_port, mailmon_command
+from tests.tools import tool
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -117,14 +118,16 @@ def start_prometheus(tmp: Path, scrape: list[str], rule_files: list[Path],
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     path = tmp / "prometheus.yml"
     path.write_text(json.dumps(config))
-    daemon = Daemon(["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+    prometheus = tool("prometheus", package="the Debian package prometheus")
+    daemon = Daemon([prometheus, f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                      f"--web.listen-address={listen}"], f"http://{listen}/-/ready", tmp / "prometheus.log")
     return daemon, f"http://{listen}"
 
 
 def start_alertmanager(tmp: Path, config: Path) -> tuple[Daemon, str]:
     listen = f"127.0.0.1:{free_port()}"
-    daemon = Daemon(["prometheus-alertmanager", f"--config.file={config}", f"--storage.path={tmp / 'am'}",
+    alertmanager = tool("prometheus-alertmanager", package="the Debian package prometheus-alertmanager")
+    daemon = Daemon([alertmanager, f"--config.file={config}", f"--storage.path={tmp / 'am'}",
                      f"--web.listen-address={listen}", "--cluster.listen-address="],
                     f"http://{listen}/-/ready", tmp / "alertmanager.log")
     return daemon, f"http://{listen}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Lab, free_port, mailmon_command
+from tests.conftest import Lab, mailmon_command
 
 pytestmark = pytest.mark.lab
 
@@ -51,11 +53,11 @@ def test_json_lines_carry_the_public_fields(tmp_path: Path, lab: Lab) -> None:
         assert isinstance(row["phases"], dict) and all(isinstance(v, float) for v in row["phases"].values())
 
 
-def test_a_failure_exits_2_critical(tmp_path: Path, lab: Lab) -> None:
+def test_a_failure_exits_2_critical(tmp_path: Path, lab: Lab, refused_ports: Callable[[], int]) -> None:
     """A refused port makes the run CRITICAL (exit 2) and the JSON row says connect/refused."""
     extra = f"""  - name: closed
     host: 127.0.0.1
-    smtp: {{port: {free_port()}, tls: none, timeout: 5s}}
+    smtp: {{port: {refused_ports()}, tls: none, timeout: 5s}}
 """
     done = _check("--config", str(_config(tmp_path, lab, lab.password, extra)), "--target", "closed", "--json")
     assert done.returncode == 2
@@ -85,3 +87,32 @@ def test_passwords_never_printed(tmp_path: Path, lab: Lab) -> None:
             done = _check("--config", config, *args)
             assert password not in done.stdout and password not in done.stderr
     assert _check("--config", str(_config(tmp_path, lab, wrong))).returncode == 2
+
+
+# 'label'=value[UOM];[warn];[crit];[min];[max] (monitoring-plugins development guidelines, performance data)
+PERFDATA = re.compile(r"'((?:[^']|'')+)'=([0-9.]+s|U);;;0")
+
+
+def test_first_line_carries_nagios_performance_data(tmp_path: Path, lab: Lab) -> None:
+    """The first line ends with one perfdata item per check: its duration in seconds, min 0."""
+    done = _check("--config", str(_config(tmp_path, lab, lab.password)))
+    text, _, perf = done.stdout.splitlines()[0].partition(" | ")
+    assert text == "MAILMON OK - 3 checks passed"
+    items = perf.split(" ")
+    found = [PERFDATA.fullmatch(item) for item in items]
+    assert all(found), items
+    assert [m.group(1) for m in found if m] == ["lab/smtp", "lab/imap", "lab/pop3"]
+    assert all(0 < float(m.group(2).removesuffix("s")) < 5 for m in found if m)
+
+
+def test_configuration_error_in_check_exits_3_unknown(tmp_path: Path) -> None:
+    """A bad config makes `check` UNKNOWN (exit 3, a Nagios UNKNOWN line) with file:line on stderr; validate exits 2."""
+    path = tmp_path / "config.yaml"
+    path.write_text("vantage: v\ntargets:\n  - name: a\n    host: 127.0.0.1\n    smtp: {port: 70000}\n")
+    done = _check("--config", str(path))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith("MAILMON UNKNOWN - configuration error")
+    assert f"{path}:5:" in done.stderr
+    validate = subprocess.run(mailmon_command("validate", "--config", str(path)), capture_output=True, text=True,
+                              timeout=60)
+    assert validate.returncode == 2

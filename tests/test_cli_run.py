@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import free_port, mailmon_command
@@ -49,11 +50,11 @@ def test_port_in_use_exits_2(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_json_logs_one_object_per_line(tmp_path: Path) -> None:
+def test_json_logs_one_object_per_line(tmp_path: Path, refused_ports: Callable[[], int]) -> None:
     """--log.format json writes one JSON object per line, a failed probe with its stage and reason as fields."""
     config = tmp_path / "config.yaml"
     config.write_text(f"vantage: v\ndefaults: {{interval: 1s, timeout: 1s}}\ntargets:\n  - name: closed\n"
-                      f"    host: 127.0.0.1\n    smtp: {{port: {free_port()}, tls: none}}\n")
+                      f"    host: 127.0.0.1\n    smtp: {{port: {refused_ports()}, tls: none}}\n")
     process = subprocess.Popen(mailmon_command("run", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}",
                                                "--log.format", "json", "--log.level", "info"),
                                stderr=subprocess.PIPE, text=True)

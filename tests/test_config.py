@@ -40,6 +40,8 @@ INVALID = [
      ["{file}:9: targets[2].name: duplicate target name 'mx1' (first at targets[0])"]),
     ("invalid-yaml-duplicate-key.yml",
      ["{file}:5: targets[0].host: duplicate key"]),
+    ("invalid-history-max-size-under-writer-floor.yml",
+     ["{file}:4: history.max_size: must be at least 512KiB, got 307200 bytes"]),
     ("invalid-vantage-missing.yml",
      ["{file}:1: vantage: is required (it labels every series of this monitor)"]),
     ("invalid-targets-missing.yml",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import yaml
 from monitor.verdict import VERDICTS
 from tests.conftest import ROOT, Lab
 from tests.processes import Monitor, http_get, start_prometheus, wait_for
+from tests.tools import tool
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "mailmon.json"
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "mailmon.yml"
@@ -354,7 +354,8 @@ targets:
 def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`mailmon run` (2 s interval, round trips, a failing target) scraped every second by a real Prometheus
     under job="mailmon" with prometheus/rules/*.yml loaded; yields once there is enough data for every panel."""
-    assert shutil.which("prometheus") and shutil.which("promtool"), "the prometheus Debian package is required"
+    tool("prometheus", package="the Debian package prometheus")
+    promtool = tool("promtool", package="the Debian package prometheus")
     tmp = tmp_path_factory.mktemp("dashboard")
     config = tmp / "mailmon.yaml"
     config.write_text(_monitor_config(lab))
@@ -362,7 +363,7 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     rule_files = sorted(RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else []
     rules_problem = None if rule_files else f"no rule files: {RULES_DIR}/*.yml does not exist"
     if rule_files:
-        checked = subprocess.run(["promtool", "check", "rules", *map(str, rule_files)], capture_output=True,
+        checked = subprocess.run([promtool, "check", "rules", *map(str, rule_files)], capture_output=True,
                                  text=True, timeout=60)
         if checked.returncode != 0:  # load none, so the dashboard's own queries are still tested
             rules_problem = f"promtool check rules failed:\n{checked.stdout}{checked.stderr}"

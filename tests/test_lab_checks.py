@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Lab, free_port, local_target, run_once
+from tests.conftest import Lab, local_target, run_once
 
 pytestmark = pytest.mark.lab
 
@@ -98,9 +99,9 @@ async def test_postfix_down_fails_only_smtp(lab: Lab, postfix_stopped: None) -> 
 
 
 @pytest.mark.parametrize("check", ["smtp", "imap", "pop3"])
-async def test_refused_port_fails_at_once(check: str) -> None:
+async def test_refused_port_fails_at_once(check: str, refused_ports: Callable[[], int]) -> None:
     """A port with nothing listening is connect/refused at once, not at the deadline."""
-    result = await run_once(local_target(check, free_port(), timeout=10.0))
+    result = await run_once(local_target(check, refused_ports(), timeout=10.0))
     assert (result.stage, result.reason) == ("connect", "refused")
     assert result.duration_seconds < 1.0  # the deadline is 10 s: refusal must not wait for it
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
-from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probe_message import ProbeHeader, build_message, new_probe, parse_header, verify
 from monitor.probes import PROBES
 from monitor.probes.readback import ImapReadback, Pop3Readback
 from monitor.probes.roundtrip import RoundTrip
@@ -185,9 +186,14 @@ def _ordinary_mail(rng: random.Random, index: int) -> tuple[bytes, str]:
         raw, _ = build_message(fake, "someone@lab.test", "probe@lab.test")
         return raw, flags
     if index % 10 == 1:
-        forged = ("v1 id=" + "ab" * 16 + " vantage=test target=lab via=imap sent=1 deadline=2 mac=" + "0" * 64)
-        return (f"From: x@lab.test\r\nSubject: look-alike {index}\r\nX-Mailmon-Probe: {forged}\r\n\r\nhi\r\n"
-                .encode(), flags)
+        # Built by the production code with our own key, then one digit of the MAC changed: the header parses as
+        # ours (so the test follows the format if it changes) and only the signature check can reject it.
+        key = KEY.reveal().encode()
+        real = new_probe(key, "test", "lab", rng.choice(["imap", "pop3"]), 1.0, now=1.0)
+        forged = dataclasses.replace(real, mac=real.mac[:-1] + ("0" if real.mac[-1] != "0" else "1"))
+        assert parse_header(forged.value()) == forged and verify(key, forged.value()) is None
+        raw, _ = build_message(forged, "someone@lab.test", "probe@lab.test")
+        return raw, flags
     return (f"From: person{index}@lab.test\r\nTo: probe@lab.test\r\nSubject: ordinary {index}\r\n"
             f"Message-ID: <ordinary-{index}@lab.test>\r\n\r\nBody {index}\r\n".encode(), flags)
 

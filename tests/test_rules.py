@@ -7,7 +7,6 @@ A missing tool fails these tests (it never skips them): install both packages, a
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.processes import start_alertmanager
+from tests.tools import tool
 
 pytestmark = pytest.mark.prometheus
 
@@ -41,16 +41,6 @@ RECEIVERS = {
     "MailmonSiteFault": "site-owners",
     "MailmonVantageDown": "mailmon-owners",
 }
-
-
-def tool(*names: str, package: str) -> str:
-    """The path of the first of `names` on PATH; fails the test when none is installed."""
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail(f"{' / '.join(names)} not found on PATH: install the Debian package {package} "
-                f"(`apt-get install -y {package}`, as scripts/bootstrap does)")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import urllib.error
@@ -16,6 +15,7 @@ import pytest
 
 from tests.conftest import Lab, free_port, mailmon_command
 from tests.processes import http_get, wait_for
+from tests.tools import tool
 
 pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
 
@@ -78,7 +78,8 @@ def test_scrape_passes_promtool(monitor_process: tuple[str, subprocess.Popen[byt
     base, _, _ = monitor_process
     wait_for(lambda: _successes(http_get(base + "/metrics")[1]).get(("lab", "pop3")) == 1.0, "pop3 to succeed")
     _, body = http_get(base + "/metrics")
-    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    promtool = tool("promtool", package="the Debian package prometheus")
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == b"" and checked.stderr == b""
 
@@ -124,7 +125,7 @@ def test_sigterm_stops_cleanly(monitor_process: tuple[str, subprocess.Popen[byte
 @pytest.fixture
 def prometheus(tmp_path: Path, monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> Iterator[str]:
     """A real Prometheus scraping the monitor every second; yields its base URL."""
-    assert shutil.which("prometheus"), "the prometheus Debian package is required"
+    prometheus = tool("prometheus", package="the Debian package prometheus")
     base, _, _ = monitor_process
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({
@@ -133,7 +134,7 @@ def prometheus(tmp_path: Path, monitor_process: tuple[str, subprocess.Popen[byte
     }))
     listen = f"127.0.0.1:{free_port()}"
     log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    process = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                 f"--web.listen-address={listen}"], stdout=log, stderr=log)
     try:
         wait_for(lambda: http_get(f"http://{listen}/-/ready")[0] == 200, "Prometheus to be ready")

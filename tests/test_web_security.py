@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import urllib.error
@@ -17,6 +18,7 @@ import pytest
 
 from tests.conftest import free_port, mailmon_command
 from tests.processes import Daemon, http_get, query, wait_for
+from tests.tools import tool
 
 USER, PASSWORD = "prometheus", "scrape-Secret-42"
 
@@ -24,7 +26,8 @@ USER, PASSWORD = "prometheus", "scrape-Secret-42"
 def _tls_material(tmp: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
     cert, key = tmp / "web.pem", tmp / "web.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailmon",
+    openssl = tool("openssl", package="the Debian package openssl")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailmon",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     return cert, key
@@ -89,10 +92,19 @@ def test_wrong_password_gets_401(secured: tuple[str, Path]) -> None:
 
 
 def test_plain_http_is_refused(secured: tuple[str, Path]) -> None:
-    """Plain HTTP to the HTTPS port gets no page."""
+    """Plain HTTP to the HTTPS port gets no HTTP answer at all (not even a 401): the connection ends unanswered."""
     url, _ = secured
-    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
-        urllib.request.urlopen(url.replace("https://", "http://") + "/metrics", timeout=10)
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n\r\n")
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert not answer.startswith(b"HTTP/"), answer[:200]
+    assert b"mailmon_" not in answer
 
 
 def test_prometheus_scrapes_with_tls_and_basic_auth(tmp_path: Path, secured: tuple[str, Path]) -> None:
@@ -104,7 +116,8 @@ def test_prometheus_scrapes_with_tls_and_basic_auth(tmp_path: Path, secured: tup
         "job_name": "mailmon", "scheme": "https", "tls_config": {"ca_file": str(cert)},
         "basic_auth": {"username": USER, "password": PASSWORD},
         "static_configs": [{"targets": [url.removeprefix("https://")]}]}]}))
-    prometheus = Daemon(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    prometheus_bin = tool("prometheus", package="the Debian package prometheus")
+    prometheus = Daemon([prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                          f"--web.listen-address={listen}"], f"http://{listen}/-/ready", tmp_path / "prom.log")
     try:
         wait_for(lambda: [r["value"][1] for r in query(f"http://{listen}", 'up{job="mailmon"}')] == ["1"],
@@ -164,7 +177,7 @@ def test_sighup_adds_a_target_without_restart(tmp_path: Path,
 
 def test_broken_config_keeps_the_old_targets(plain_monitor: tuple[subprocess.Popen[bytes], str, Path]) -> None:
     """A reload of a broken file keeps the running targets and sets the reload-success gauge to 0."""
-    process, url, config = plain_monitor
+    _, url, config = plain_monitor
     config.write_text("vantage: web\ntargets: [oops\n")
     request = urllib.request.Request(url + "/-/reload", method="POST")
     with pytest.raises(urllib.error.HTTPError) as failed:
@@ -172,5 +185,22 @@ def test_broken_config_keeps_the_old_targets(plain_monitor: tuple[subprocess.Pop
     assert failed.value.code == 500
     assert _reload_ok(url) == "0.0"
     assert _targets(url) == {"first"}
+
+
+@pytest.mark.parametrize("broken", ["vantage: web\ntargets: [oops\n",  # not YAML
+                                    "vantage: web\ntargets:\n  - name: x\n    host: 127.0.0.1\n"
+                                    "    smtp: {port: 70000}\n"],  # YAML, but not a valid config
+                         ids=["yaml-error", "invalid-config"])
+def test_sighup_with_a_broken_file_keeps_the_old_config_and_says_so(
+        tmp_path: Path, plain_monitor: tuple[subprocess.Popen[bytes], str, Path], broken: str) -> None:
+    """SIGHUP with a bad file sets the reload gauge to 0 and keeps the targets; a good file afterwards applies."""
+    process, url, config = plain_monitor
+    assert _reload_ok(url) == "1.0"
+    config.write_text(broken)
     process.send_signal(signal.SIGHUP)
-    assert process.poll() is None
+    wait_for(lambda: _reload_ok(url) == "0.0", "the reload gauge to drop to 0")
+    assert _targets(url) == {"first"}
+    config.write_text(_config(tmp_path, ["first", "second"]).read_text())
+    process.send_signal(signal.SIGHUP)
+    wait_for(lambda: _reload_ok(url) == "1.0", "the reload gauge to return to 1")
+    assert _targets(url) == {"first", "second"}

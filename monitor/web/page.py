@@ -46,30 +46,69 @@ def _check_name(row: dict[str, Any]) -> str:
     return f"{row['check']} via {row['via']}" if row.get("via") else str(row["check"])
 
 
-def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float) -> str:
-    """One row per check over the last 24 h; every failure a red tick linking to its transcript."""
+_SLOTS = 96  # 15-minute slots over 24 h
+# What a slot of the timeline shows. Only what the journal recorded is coloured: a slot without a run is "no data"
+# (the monitor was not running, had not started, or had no history), never "ok".
+SLOT_COLOURS = {"ok": "#66bb6a", "failed": "#c62828", "mixed": "#ef6c00", "no-data": "#e0e0e0"}
+_SLOT_WORDS = {"ok": "every run passed", "failed": "every run failed", "mixed": "some runs failed",
+               "no-data": "no data: the monitor was not running or recorded nothing"}
+
+
+def _slot_states(name: str, runs: list[dict[str, Any]], now: float) -> list[str]:
+    """The state of each 15-minute slot of the last 24 h for one check, from the runs the journal holds."""
+    passed, failed = [0] * _SLOTS, [0] * _SLOTS
+    for run in runs:
+        if _check_name(run) != name:
+            continue
+        age = now - float(run["started_at"])
+        if not 0 <= age < _DAY:
+            continue
+        slot = _SLOTS - 1 - int(age / (_DAY / _SLOTS))
+        if run["ok"]:
+            passed[slot] += 1
+        else:
+            failed[slot] += 1
+    return ["no-data" if not p and not f else "ok" if not f else "failed" if not p else "mixed"
+            for p, f in zip(passed, failed, strict=True)]
+
+
+def _timeline(checks: list[str], failures: list[dict[str, Any]], now: float, runs: list[dict[str, Any]],
+              monitor_started: float | None) -> str:
+    """One row per check over the last 24 h: the recorded state per 15 minutes, every failure a red tick linking
+    to its transcript, and a dashed line where this monitor (re)started."""
     row_height, label = 18, 150
     height = row_height * max(1, len(checks)) + 16
-    parts = [f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="failures in the last 24 hours">']
+    span = _WIDTH - label
+    parts = [f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="states in the last 24 hours">']
     for hour in range(0, 25, 3):
-        x = label + (_WIDTH - label) * hour / 24
+        x = label + span * hour / 24
         parts.append(f'<line x1="{x:.0f}" y1="0" x2="{x:.0f}" y2="{height - 14}" stroke="#eee"/>'
                      f'<text x="{min(x, _WIDTH - 14):.0f}" y="{height - 2}" text-anchor="middle">'
                      f'{"now" if hour == 24 else f"-{24 - hour}h"}</text>')
+    slot_width = span / _SLOTS
     for index, name in enumerate(checks):
         y = index * row_height
-        parts.append(f'<text x="0" y="{y + 13}">{_esc(name)}</text>'
-                     f'<rect x="{label}" y="{y + 3}" width="{_WIDTH - label}" height="12" fill="#e8f5e9"/>')
+        parts.append(f'<text x="0" y="{y + 13}">{_esc(name)}</text>')
+        for slot, state in enumerate(_slot_states(name, runs, now)):
+            start = now - _DAY + slot * _DAY / _SLOTS
+            parts.append(f'<rect x="{label + slot * slot_width:.1f}" y="{y + 3}" width="{slot_width:.1f}" '
+                         f'height="12" fill="{SLOT_COLOURS[state]}" data-state="{state}"><title>{_esc(name)} from '
+                         f'{_when(start)}: {_SLOT_WORDS[state]}</title></rect>')
     for failure in failures:
         name = _check_name(failure)
         if name not in checks:
             continue
         # Clamped so a failure seconds ago still shows as a whole tick at the right edge.
-        x = min(_WIDTH - 4, label + (_WIDTH - label) * (1 - (now - float(failure["started_at"])) / _DAY))
+        x = min(_WIDTH - 4, label + span * (1 - (now - float(failure["started_at"])) / _DAY))
         y = checks.index(name) * row_height
         title = f"{name}: {failure.get('stage')}/{failure.get('reason')} at {_when(failure['started_at'])}"
         parts.append(f'<a href="#failure-{_esc(failure["id"])}"><rect x="{x:.1f}" y="{y + 1}" width="3" height="16" '
-                     f'fill="#c62828"><title>{_esc(title)}</title></rect></a>')
+                     f'fill="#b71c1c"><title>{_esc(title)}</title></rect></a>')
+    if monitor_started is not None and 0 <= now - monitor_started < _DAY:
+        x = label + span * (1 - (now - monitor_started) / _DAY)
+        parts.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 14}" stroke="#1565c0" stroke-width="2" '
+                     f'stroke-dasharray="3,2" data-mark="monitor-start"><title>monitor started at '
+                     f'{_when(monitor_started)}</title></line>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -115,14 +154,27 @@ def _ask(status: dict[str, Any], answer: dict[str, Any] | None) -> str:
             f"</form>{result}</section>")
 
 
+def _legend() -> str:
+    items = "".join(f'<span style="display:inline-block;width:10px;height:10px;background:{colour};margin:0 4px 0 '
+                    f'10px"></span>{_esc(state)}' for state, colour in SLOT_COLOURS.items())
+    return (f'<p class="legend"><small>Per 15 minutes:{items}<span style="display:inline-block;width:10px;'
+            'border-top:2px dashed #1565c0;margin:0 4px 3px 10px"></span>monitor started</small></p>')
+
+
 def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(timestamp)))
 
 
-def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], now: float | None = None,
+def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], now: float | None = None, *,
+           runs: dict[str, list[dict[str, Any]]] | None = None, monitor_started: float | None = None,
            windows: list[dict[str, Any]] | None = None, answer: dict[str, Any] | None = None) -> str:
-    """The page for a /api/status document and, per target, its failures of the last 24 h (newest first), the
-    change windows of those 24 h, and the answer to "a user reports ..." when one was asked."""
+    """The page for a /api/status document and, per target, its failures of the last 24 h (newest first).
+
+    `runs` holds, per target, every run of the last 24 h the journal recorded (passed and failed): the timeline
+    colours only those; without it, only the failures are known and the rest of the day reads "no data".
+    `monitor_started` marks when this monitor process started (earlier stops show as gaps without data).
+    `windows` are the change windows of those 24 h; `answer` the answer to "a user reports ..." when one was asked.
+    """
     now = time.time() if now is None else now
     windows = windows or []
     sections = []
@@ -138,6 +190,8 @@ def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], no
                         f"<td>{_esc(said or '')}</td></tr>")
         names = sorted({_check_name(row) for row in target["checks"]} |
                        {_check_name(f) for f in failures.get(target["target"], [])})
+        recorded = (runs if runs is not None else failures).get(target["target"], [])
+        timeline = _timeline(names, failures.get(target["target"], []), now, recorded, monitor_started)
         details = []
         for failure in failures.get(target["target"], [])[:200]:
             transcript = "\n".join(failure.get("transcript") or [])
@@ -151,8 +205,7 @@ def render(status: dict[str, Any], failures: dict[str, list[dict[str, Any]]], no
             f'<p class="summary">{_esc(target["summary"])}</p>'
             f"<table><tr><th>check</th><th>state</th><th>took</th><th>last run</th><th>server said</th></tr>"
             f'{"".join(rows)}</table>'
-            f"<h3>Last 24 hours</h3>{_timeline(names, failures.get(target['target'], []), now)}"
-            f"{_change_strip(windows, now)}"
+            f"<h3>Last 24 hours</h3>{timeline}{_change_strip(windows, now)}{_legend()}"
             f'<h3>Failures ({len(failures.get(target["target"], []))})</h3>'
             f'{"".join(details) or "<p>None in the last 24 hours.</p>"}</section>')
     vantage = _esc(status["vantage"])

@@ -10,7 +10,9 @@
       prometheus: $2y$10$…           # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
 
 Same keys and meaning as the exporter toolkit, so one file serves node_exporter and mailmon alike. Problems are
-reported like config problems: file, line, what, and exit 2.
+reported like config problems: file, line, what, and exit 2. A security setting is applied or refused, never
+accepted and ignored: `cipher_suites` (Go's names, TLS up to 1.2) and `prefer_server_cipher_suites` are applied;
+`curve_preferences` (Python's ssl cannot set a curve list) and `http_server_config.headers` are refused.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated, but still nameable here
     _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                      "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# Go's crypto/tls names (tls.CipherSuites(), the ones the exporter toolkit accepts) for TLS 1.0-1.2 suites, and
+# OpenSSL's names for the same suites. TLS 1.3 suites are not configurable in Go either.
+_CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+}
+_TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
 _CLIENT_AUTH = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven",
                 "RequireAndVerifyClientCert")
 
@@ -105,7 +126,13 @@ def load_web_config(path: str) -> WebConfig:
                     continue
                 config.users[user] = hashed.encode()
     if "http_server_config" in entries:
-        reader.mapping(entries["http_server_config"][1], "http_server_config", ("headers",))
+        http = reader.mapping(entries["http_server_config"][1], "http_server_config", ("headers",))
+        if "headers" in http:
+            # Accepting response headers (HSTS, CSP, X-Frame-Options) that the server does not send would give a
+            # false sense of protection: refused until the server applies them.
+            reader.problem(http["headers"][0], "http_server_config.headers",
+                           "is not supported by mailmon (the headers would not be sent): remove it, or set them "
+                           "on a reverse proxy")
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
@@ -148,4 +175,45 @@ def _tls(reader: YamlReader, node: yaml.Node, base: str) -> ssl.SSLContext | Non
             except (OSError, ssl.SSLError) as exc:
                 reader.problem(entries["client_ca_file"][1], f"{path}.client_ca_file", f"cannot load: {exc}")
         context.verify_mode = ssl.CERT_REQUIRED if mode.startswith("Require") else ssl.CERT_OPTIONAL
+    _ciphers(reader, entries, context, path)
+    if "curve_preferences" in entries:
+        reader.problem(entries["curve_preferences"][1], f"{path}.curve_preferences",
+                       "is not supported by mailmon (Python's ssl module cannot set a curve list, so it would "
+                       "not be applied): remove it")
     return context
+
+
+def _ciphers(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], context: ssl.SSLContext,
+             path: str) -> None:
+    """Apply cipher_suites (in order) and prefer_server_cipher_suites (default true, as in the toolkit)."""
+    if "cipher_suites" in entries:
+        node = entries["cipher_suites"][1]
+        key = f"{path}.cipher_suites"
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            reader.problem(node, key, "must be a non-empty list of Go cipher suite names (leave it out for the "
+                                      "default suites)")
+            return
+        openssl: list[str] = []
+        for index, item in enumerate(node.value):
+            name = reader.string(item, f"{key}[{index}]")
+            if name in _TLS13_SUITES:
+                reader.problem(item, f"{key}[{index}]", f"{name} is a TLS 1.3 suite: TLS 1.3 suites are not "
+                               "configurable (in the exporter toolkit either); list TLS 1.2 suites only")
+            elif name is not None and name not in _CIPHER_SUITES:
+                reader.problem(item, f"{key}[{index}]", f"unknown cipher suite {name!r}: one of "
+                               + ", ".join(_CIPHER_SUITES))
+            elif name is not None:
+                openssl.append(_CIPHER_SUITES[name])
+        if len(openssl) == len(node.value):
+            try:
+                context.set_ciphers(":".join(openssl))
+            except ssl.SSLError as exc:
+                reader.problem(node, key, f"cannot be applied: {exc}")
+    prefer = True
+    if "prefer_server_cipher_suites" in entries:
+        value = reader.boolean(entries["prefer_server_cipher_suites"][1], f"{path}.prefer_server_cipher_suites")
+        prefer = prefer if value is None else value
+    if prefer:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
