@@ -20,10 +20,14 @@ __all__ = [
 STAGES: tuple[str, ...] = (
     "dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt", "data",
     "login", "select", "fetch", "delivery", "cleanup", "quit",
+    # OAuth2 sign-in: getting a token from the identity provider, before AUTH (monitor/signin/).
+    "token",
 )
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
     "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
+    # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
+    "auth_disabled",
 )
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.

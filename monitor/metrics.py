@@ -40,7 +40,10 @@ _AT_STAGE = {
     "dns": ("unreachable",),
     "connect": ("refused", "unreachable"),
     "tls": ("tls_handshake", "cert_invalid", "cert_expired", "reply_4xx", "reply_5xx"),
-    "auth": ("auth_rejected", "reply_4xx", "reply_5xx"),
+    "auth": ("auth_rejected", "reply_4xx", "reply_5xx", "auth_disabled"),
+    # The identity provider's token endpoint (monitor/signin/endpoint.py): network, TLS, and its HTTP answers.
+    "token": ("refused", "unreachable", "tls_handshake", "cert_invalid", "cert_expired", "auth_rejected",
+              "reply_4xx", "reply_5xx"),
 }
 _REPLIES = ("reply_4xx", "reply_5xx")
 
@@ -51,20 +54,23 @@ def expected_phases(check: CheckSettings) -> tuple[str, ...]:
     if check.name == "smtp":
         tls_steps = ("starttls", "ehlo_tls") if check.tls_mode == "starttls" else ()
         steps = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ()) + ("banner", "ehlo") + tls_steps
-        steps += ("auth",) if check.use_auth else ()
+        steps += (("token",) if check.uses_token else ()) + (("auth",) if check.use_auth else ())
         steps += ("mail_from", "rcpt", "rset") if check.mail_from else ()
         return (*steps, "quit")
     if check.name == "imap":
         tls_steps = ("starttls",) if check.tls_mode == "starttls" else ()
         head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        return (*head, "greeting", "capability", *tls_steps, "login", "select", "logout")
+        token = ("token",) if check.uses_token else ()
+        return (*head, "greeting", "capability", *tls_steps, *token, "login", "select", "logout")
     if check.name == "pop3":
         tls_steps = ("stls",) if check.tls_mode == "starttls" else ()
         head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        return (*head, "greeting", *tls_steps, "user", "pass", "stat", "quit")
+        login = ("token", "auth") if check.uses_token else ("user", "pass")
+        return (*head, "greeting", *tls_steps, *login, "stat", "quit")
     if check.name == "roundtrip":
         # Read-back session first (timed as one step), then the submission's own steps, then the wait.
-        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "auth",
+        token = ("token",) if check.uses_token else ()
+        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", *token, "auth",
                 "mail_from", "rcpt", "data", "quit", "delivery", "cleanup")
     raise ValueError(f"unknown check {check.name!r}")
 

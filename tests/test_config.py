@@ -62,9 +62,9 @@ INVALID = [
      ["{file}:7: targets[0].auth.password_file: cannot read password file '/nonexistent/mailmon-test/password': "
       "No such file or directory"]),
     ("invalid-auth-both-passwords.yml",
-     ["{file}:6: targets[0].auth: give exactly one of password_env or password_file"]),
+     ["{file}:6: targets[0].auth: give exactly one of password_env, password_file or oauth2"]),
     ("invalid-auth-list-for-mapping.yml",
-     ["{file}:6: targets[0].auth: must be a mapping with keys username, password_env, password_file"]),
+     ["{file}:6: targets[0].auth: must be a mapping with keys username, password_env, password_file, oauth2, mechanism"]),
     ("invalid-timing-check-timeout-over-interval.yml",
      ["{file}:7: targets[0].smtp.timeout: timeout (45s) must not be longer than interval (30s)"]),
     ("invalid-timing-defaults-timeout-over-interval.yml",
