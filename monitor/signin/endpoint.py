@@ -77,16 +77,32 @@ async def _post(url: str, form: dict[str, str], timeout: float, ca_file: str | N
             reason = "reset" if "disconnect" in str(exc).lower() else "protocol"
             raise ProbeError("token", reason, f"token endpoint {url}: {exc}") from None
         except httpx.HTTPError as exc:
-            _, reason = classify(exc, "token")
-            raise ProbeError("token", reason, f"token endpoint {url}: {_describe(exc)}") from None
+            raise ProbeError("token", _reason(exc), f"token endpoint {url}: {_describe(exc)}") from None
     return _reply(url, status, bytes(body), errors_ok)
+
+
+def _links(exc: BaseException) -> list[BaseException]:
+    """The error and everything it came from, suppressed contexts too: anyio raises "All connection attempts
+    failed" with the ConnectionRefusedError that says why only in its context."""
+    links = [exc]
+    while ((inner := links[-1].__cause__ or links[-1].__context__) is not None
+           and all(inner is not seen for seen in links)):
+        links.append(inner)
+    return links
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost link that names a reason (`classify` per link), else internal."""
+    for link in reversed(_links(exc)):
+        _, reason = classify(link, "token")
+        if reason != "internal":
+            return reason
+    return "internal"
 
 
 def _describe(exc: BaseException) -> str:
     """The innermost error's words (httpx wraps the OSError or SSL error that says what happened)."""
-    inner: BaseException = exc
-    while inner.__cause__ is not None or inner.__context__ is not None:
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    inner = _links(exc)[-1]
     text = str(inner) or type(inner).__name__
     return f"{type(exc).__name__}: {text}"[:300]
 

@@ -157,7 +157,8 @@ def load_oauth2(reader: YamlReader, node: yaml.Node, path: str, environ: dict[st
         settings = _with(settings, refresh_token_file=refresh_file)
     if kind == "service_account":
         settings = _load_service_account(reader, node, entries, path, settings)
-    if kind in GRANTS and settings.token_url is None and "token_url" not in entries:
+    if kind in ("client_credentials", "refresh_token") and settings.token_url is None and provider is None \
+            and "token_url" not in entries:
         reader.problem(node, path, f"grant {kind} needs token_url (or provider: microsoft / google)")
     if kind == "token_file":
         settings = _with(settings, token_file=_get(reader, entries, "token_file", path))
