@@ -19,6 +19,7 @@ from monitor import __version__
 from monitor.config import CheckSettings, Target
 from monitor.exposition import Exposition, format_value, label_text
 from monitor.result import PHASE_STAGE, Result
+from monitor.signin import TokenEvent
 from monitor.verdict import VERDICTS
 
 __all__ = ["Metrics", "expected_phases", "possible_failures"]
@@ -46,6 +47,8 @@ _AT_STAGE = {
               "reply_4xx", "reply_5xx"),
 }
 _REPLIES = ("reply_4xx", "reply_5xx")
+# Outcomes of a token request: success, or how stage `token` failed.
+TOKEN_OUTCOMES = ("success", *_ANYWHERE, *_AT_STAGE["token"])
 
 
 def expected_phases(check: CheckSettings) -> tuple[str, ...]:
@@ -202,6 +205,13 @@ class Metrics:
                                "1 if the last configuration load succeeded.", registry=rest)
         self.reload_time = Gauge("mailmon_config_last_reload_success_timestamp_seconds",
                                  "Unix time of the last successful configuration load.", registry=rest)
+        # OAuth2 sign-in (monitor/signin/): per identity (the mailbox signed in as) and token source.
+        self.token_expiry = Gauge("mailmon_oauth2_token_expiry_timestamp_seconds",
+                                  "Unix time when the identity's current access token expires (0: none yet, or "
+                                  "its lifetime is not known).", ("vantage", "identity", "grant"), registry=rest)
+        self.token_requests = Counter("mailmon_oauth2_token_requests_total",
+                                      "Requests for an access token, by outcome (success, or the failure reason "
+                                      "of stage token).", ("vantage", "identity", "grant", "outcome"), registry=rest)
         build = Gauge("mailmon_build_info", "Build of the running monitor; the value is always 1.",
                       ("version", "python_version"), registry=rest)
         build.labels(__version__, platform.python_version()).set(1)
@@ -308,6 +318,18 @@ class Metrics:
         total = self._swept[target] = self._swept.get(target, 0.0) + count
         labels = label_text(("target", "vantage"), (target, self.vantage))
         self.swept.set_one(target, labels, total)
+
+    def add_identity(self, identity: str, grant: str) -> None:
+        """Create an identity's token series at 0, so a source that never got a token still shows up."""
+        self.token_expiry.labels(self.vantage, identity, grant)
+        for outcome in TOKEN_OUTCOMES:
+            self.token_requests.labels(self.vantage, identity, grant, outcome)
+
+    def record_token(self, event: TokenEvent) -> None:
+        """One token request's outcome (the identity registry calls this)."""
+        self.token_requests.labels(self.vantage, event.identity, event.grant, event.outcome).inc()
+        if event.outcome == "success":
+            self.token_expiry.labels(self.vantage, event.identity, event.grant).set(event.expires_at or 0)
 
     def record_lag(self, seconds: float) -> None:
         self._lag.observe(seconds)
