@@ -25,6 +25,7 @@ from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
+from monitor.signin import IDENTITIES
 from monitor.verdict import VerdictBoard, describe
 from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
@@ -55,6 +56,8 @@ class App:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage, config.failure_series)
         self.board = VerdictBoard()
+        IDENTITIES.observer = self.metrics.record_token  # token requests of every identity, by outcome
+        self._add_identities(config)
         self.history: History | None = None
         self.runner = Runner(config.vantage, sinks=[self._on_result], probes=self._probes(config))
         self.scheduler: Scheduler | None = None
@@ -205,8 +208,18 @@ class App:
     def _probes(self, config: Config) -> dict[str, Probe]:
         return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)
 
+    def _add_identities(self, config: Config) -> None:
+        """Token series for every OAuth2 identity; identities no longer configured are forgotten (an unchanged one
+        keeps its cached token across a reload)."""
+        auths = [t.auth for t in config.targets if t.auth is not None]
+        IDENTITIES.retain(auths)
+        for auth in auths:
+            if auth.oauth2 is not None:
+                self.metrics.add_identity(auth.username, auth.oauth2.grant)
+
     async def _apply(self, new: Config) -> None:
         assert self.scheduler is not None
+        self._add_identities(new)
         self.runner.probes = self._probes(new)
         self._follow(new)
         if new.changes != self.config.changes:

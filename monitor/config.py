@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -25,6 +25,9 @@ from monitor.changes import ChangeEntry, ChangeSource, IcsError, check_rrule, pa
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import MailmonError
 from monitor.history import MIN_MAX_BYTES
+
+if TYPE_CHECKING:
+    from monitor.signin.settings import OAuth2Settings
 
 __all__ = [
     "CHECK_NAMES",
@@ -103,10 +106,18 @@ class TlsSettings:
     server_name: str | None = None
 
 
+_NO_PASSWORD = Secret("")  # an OAuth2 identity has none
+
+
 @dataclass(frozen=True)
 class Auth:
+    """Who the probe logs in as, and with what: a password, or an OAuth2 token source (`oauth2`, see
+    monitor/signin/) sent with the SASL `mechanism` (xoauth2 or oauthbearer)."""
+
     username: str
-    password: Secret
+    password: Secret = _NO_PASSWORD
+    oauth2: OAuth2Settings | None = None
+    mechanism: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,8 @@ class CheckSettings:
     auth_mechanism: str | None = None
     # IMAP only: the share of the mailbox quota (any resource) above which the mailbox counts as nearly full.
     quota_warning: float = 0.9
+    # The target signs in with OAuth2: the check gets a token (a timed `token` step) before AUTH/LOGIN.
+    uses_token: bool = False
 
     @property
     def label(self) -> str:
@@ -379,16 +392,26 @@ def _check_timing(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.N
                    f"interval ({format_duration(interval)})")
 
 
+AUTH_KEYS = ("username", "password_env", "password_file", "oauth2", "mechanism")
+OAUTH2_MECHANISMS = ("xoauth2", "oauthbearer")
+
+
 def _load_auth(reader: YamlReader, node: yaml.Node, path: str, environ: dict[str, str]) -> Auth | None:
-    entries = reader.mapping(node, path, ("username", "password_env", "password_file"))
+    entries = reader.mapping(node, path, AUTH_KEYS)
     if not isinstance(node, yaml.MappingNode):
         return None
     username = _get(reader, entries, "username", path, reader.string, None)
     if username is None and "username" not in entries:
         reader.problem(node, path, "username is required")
+    if "oauth2" in entries:
+        return _load_oauth2_auth(reader, node, entries, path, environ, username)
+    if "mechanism" in entries:
+        reader.problem(entries["mechanism"][0], f"{path}.mechanism", "only applies with oauth2 (xoauth2, "
+                                                                     "oauthbearer); SMTP profiles set PLAIN or LOGIN "
+                                                                     "with auth_mechanism")
     sources = [key for key in ("password_env", "password_file") if key in entries]
     if len(sources) != 1:
-        reader.problem(node, path, "give exactly one of password_env or password_file")
+        reader.problem(node, path, "give exactly one of password_env, password_file or oauth2")
         return None
     key = sources[0]
     source = "env" if key == "password_env" else "file"
@@ -396,6 +419,22 @@ def _load_auth(reader: YamlReader, node: yaml.Node, path: str, environ: dict[str
     if username is None or password is None:
         return None
     return Auth(username=username, password=Secret(password))
+
+
+def _load_oauth2_auth(reader: YamlReader, node: yaml.Node, entries: dict[str, tuple[yaml.Node, yaml.Node]],
+                      path: str, environ: dict[str, str], username: str | None) -> Auth | None:
+    """`auth` with an `oauth2` token source instead of a password (monitor/signin/settings.py)."""
+    from monitor.signin.settings import load_oauth2  # here: monitor.signin imports this module
+
+    for key in ("password_env", "password_file"):
+        if key in entries:
+            reader.problem(entries[key][0], f"{path}.{key}", "give either a password or oauth2, not both")
+    mechanism = _get(reader, entries, "mechanism", path, lambda n, p: reader.choice(n, p, OAUTH2_MECHANISMS),
+                     "xoauth2")
+    oauth2 = load_oauth2(reader, entries["oauth2"][1], f"{path}.oauth2", environ)
+    if username is None or oauth2 is None:
+        return None
+    return Auth(username=username, oauth2=oauth2, mechanism=mechanism)
 
 
 def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, environ: dict[str, str],
@@ -607,6 +646,11 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
                                       auth.username if auth is not None else None))
     if not any(c in entries for c in (*CHECK_NAMES, "smtp_profiles")):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
+    if auth is not None and auth.oauth2 is not None:
+        if any(c.auth_mechanism for c in checks):
+            reader.problem(entries["smtp_profiles"][1], f"{path}.smtp_profiles",
+                           "auth_mechanism (plain, login) needs a password; with oauth2 set auth.mechanism")
+        checks = [replace(c, uses_token=True) if c.use_auth else c for c in checks]
     if name is None or host is None:
         return None
     return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks))

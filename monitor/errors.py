@@ -21,11 +21,15 @@ __all__ = [
 STAGES: tuple[str, ...] = (
     "dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt", "data",
     "login", "select", "fetch", "delivery", "cleanup", "quit",
+    # OAuth2 sign-in: getting a token from the identity provider, before AUTH (monitor/signin/).
+    "token",
 )
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
     "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
     "mailbox_full",
+    # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
+    "auth_disabled",
 )
 # RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
 _MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")

@@ -19,6 +19,7 @@ from monitor import __version__
 from monitor.config import CheckSettings, Target
 from monitor.exposition import Exposition, format_value, label_text
 from monitor.result import PHASE_STAGE, Result
+from monitor.signin import TokenEvent
 from monitor.verdict import VERDICTS
 
 __all__ = ["Metrics", "expected_phases", "possible_failures"]
@@ -40,12 +41,17 @@ _AT_STAGE = {
     "dns": ("unreachable",),
     "connect": ("refused", "unreachable"),
     "tls": ("tls_handshake", "cert_invalid", "cert_expired", "reply_4xx", "reply_5xx"),
-    "auth": ("auth_rejected", "reply_4xx", "reply_5xx"),
+    "auth": ("auth_rejected", "reply_4xx", "reply_5xx", "auth_disabled"),
     # RFC 3463 X.2.2: the recipient's mailbox is full.
     "rcpt": ("reply_4xx", "reply_5xx", "mailbox_full"),
     "data": ("reply_4xx", "reply_5xx", "mailbox_full"),
+    # The identity provider's token endpoint (monitor/signin/endpoint.py): network, TLS, and its HTTP answers.
+    "token": ("refused", "unreachable", "tls_handshake", "cert_invalid", "cert_expired", "auth_rejected",
+              "reply_4xx", "reply_5xx"),
 }
 _REPLIES = ("reply_4xx", "reply_5xx")
+# Outcomes of a token request: success, or how stage `token` failed.
+TOKEN_OUTCOMES = ("success", *_ANYWHERE, *_AT_STAGE["token"])
 
 
 def expected_phases(check: CheckSettings) -> tuple[str, ...]:
@@ -54,20 +60,23 @@ def expected_phases(check: CheckSettings) -> tuple[str, ...]:
     if check.name == "smtp":
         tls_steps = ("starttls", "ehlo_tls") if check.tls_mode == "starttls" else ()
         steps = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ()) + ("banner", "ehlo") + tls_steps
-        steps += ("auth",) if check.use_auth else ()
+        steps += (("token",) if check.uses_token else ()) + (("auth",) if check.use_auth else ())
         steps += ("mail_from", "rcpt", "rset") if check.mail_from else ()
         return (*steps, "quit")
     if check.name == "imap":
         tls_steps = ("starttls",) if check.tls_mode == "starttls" else ()
         head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        return (*head, "greeting", "capability", *tls_steps, "login", "select", "logout")
+        token = ("token",) if check.uses_token else ()
+        return (*head, "greeting", "capability", *tls_steps, *token, "login", "select", "logout")
     if check.name == "pop3":
         tls_steps = ("stls",) if check.tls_mode == "starttls" else ()
         head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        return (*head, "greeting", *tls_steps, "user", "pass", "stat", "quit")
+        login = ("token", "auth") if check.uses_token else ("user", "pass")
+        return (*head, "greeting", *tls_steps, *login, "stat", "quit")
     if check.name == "roundtrip":
         # Read-back session first (timed as one step), then the submission's own steps, then the wait.
-        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "auth",
+        token = ("token",) if check.uses_token else ()
+        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", *token, "auth",
                 "mail_from", "rcpt", "data", "quit", "delivery", "cleanup")
     raise ValueError(f"unknown check {check.name!r}")
 
@@ -211,6 +220,13 @@ class Metrics:
         self.change_next = Gauge("mailmon_change_window_next_start_timestamp_seconds",
                                  "Unix time when the next window of the change opens (absent: none within a year).",
                                  ("vantage", "calendar", "change"), registry=rest)
+        # OAuth2 sign-in (monitor/signin/): per identity (the mailbox signed in as) and token source.
+        self.token_expiry = Gauge("mailmon_oauth2_token_expiry_timestamp_seconds",
+                                  "Unix time when the identity's current access token expires (0: none yet, or "
+                                  "its lifetime is not known).", ("vantage", "identity", "grant"), registry=rest)
+        self.token_requests = Counter("mailmon_oauth2_token_requests_total",
+                                      "Requests for an access token, by outcome (success, or the failure reason "
+                                      "of stage token).", ("vantage", "identity", "grant", "outcome"), registry=rest)
         build = Gauge("mailmon_build_info", "Build of the running monitor; the value is always 1.",
                       ("version", "python_version"), registry=rest)
         build.labels(__version__, platform.python_version()).set(1)
@@ -323,6 +339,18 @@ class Metrics:
         total = self._swept[target] = self._swept.get(target, 0.0) + count
         labels = label_text(("target", "vantage"), (target, self.vantage))
         self.swept.set_one(target, labels, total)
+
+    def add_identity(self, identity: str, grant: str) -> None:
+        """Create an identity's token series at 0, so a source that never got a token still shows up."""
+        self.token_expiry.labels(self.vantage, identity, grant)
+        for outcome in TOKEN_OUTCOMES:
+            self.token_requests.labels(self.vantage, identity, grant, outcome)
+
+    def record_token(self, event: TokenEvent) -> None:
+        """One token request's outcome (the identity registry calls this)."""
+        self.token_requests.labels(self.vantage, event.identity, event.grant, event.outcome).inc()
+        if event.outcome == "success":
+            self.token_expiry.labels(self.vantage, event.identity, event.grant).set(event.expires_at or 0)
 
     def record_lag(self, seconds: float) -> None:
         self._lag.observe(seconds)

@@ -118,6 +118,9 @@ class ProbeContext:
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: str | None = None
+        # When the runner gives up on this probe (the check's deadline, in `clock` time): steps that wait on a
+        # third party of their own (a token endpoint) bound their requests by it.
+        self.deadline: float | None = None
 
     def on_handshake(self, facts: TlsFacts) -> None:
         """Called by the TLS layer when a handshake of this probe completes."""
@@ -150,6 +153,12 @@ class ProbeContext:
 
     def elapsed(self) -> float:
         return float(self._clock() - self.started)
+
+    def time_left(self, default: float = 15.0) -> float:
+        """Seconds until the check's deadline (`default` when no deadline was set), never below zero."""
+        if self.deadline is None:
+            return default
+        return max(0.0, self.deadline - float(self._clock()))
 
     @property
     def stage(self) -> str:

@@ -48,6 +48,7 @@ class Runner:
     async def execute(self, target: Target, check: CheckSettings) -> Result:
         """Run the check once within its timeout and classify the outcome; never raises (but cancellation)."""
         ctx = ProbeContext()
+        ctx.deadline = ctx.started + check.timeout
         started_at = time.time()
         probe = self.probes[check.name]
         task = asyncio.create_task(_observed(probe, ctx, target, check), name=f"probe {target.name}/{check.key}")

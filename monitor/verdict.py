@@ -11,6 +11,7 @@ Rules are tried in order, first match wins (docs/verdicts.md has the table and t
 | 4 | smtp_down | every send-side check fails at the network/service level, and the receive side (if any) passes |
 | 5 | receive_down | every receive-side check fails at the network/service level, and the send side (if any) passes |
 | 6 | tls_problem | some check fails in TLS (untrusted, misnamed or expired certificate, handshake) |
+| 7a | signin_failed | some check cannot get a token from the identity provider (stage `token`) |
 | 7 | auth_failed | some check's credentials are rejected |
 | 8 | delivery_stalled | a submission was accepted but the message was not delivered by the deadline |
 | 9 | degraded | any other failure (partial, junk folder, cleanup), or some check is slow |
@@ -29,6 +30,8 @@ __all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "
 VERDICTS = (
     "ok", "smtp_down", "receive_down", "unreachable", "delivery_stalled", "auth_failed", "tls_problem",
     "degraded", "vantage_fault", "unknown",
+    # The identity provider (OAuth2 token endpoint) fails: the monitor cannot sign in; says nothing about mail.
+    "signin_failed",
 )
 
 # Steps of a round trip that belong to the submission (the SMTP dialogue) rather than to the read-back.
@@ -44,6 +47,7 @@ class Outcome:
 
     side: str          # send | receive | delivery
     kind: str | None   # None when ok; else vantage | network | service | tls | auth | delivery | junk | other
+    #                    | signin (stage token: the identity provider, before any mail server was asked)
     slow: bool = False
 
 
@@ -65,12 +69,16 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
     if result.ok:
         return Outcome(side, None, slow)
     stage, reason = result.stage, result.reason
-    if stage == "dns" and reason == "timeout":
+    if stage == "token":
+        # Checked first: a token endpoint that times out or refuses is the identity provider's fault, never a
+        # network or service failure of the mail server (which was not even asked).
+        kind = "signin"
+    elif stage == "dns" and reason == "timeout":
         # The resolver did not answer: that is this vantage's infrastructure, whatever the selfcheck says yet.
         kind = "vantage"
     elif reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
         kind = "tls"
-    elif reason == "auth_rejected":
+    elif reason in ("auth_rejected", "auth_disabled"):
         kind = "auth"
     elif reason == "not_delivered":
         kind = "delivery"
@@ -112,6 +120,8 @@ def decide(outcomes: Iterable[Outcome], vantage_healthy: bool = True) -> str:
     kinds = {o.kind for o in items}
     if "tls" in kinds:
         return "tls_problem"
+    if "signin" in kinds:
+        return "signin_failed"
     if "auth" in kinds:
         return "auth_failed"
     if "delivery" in kinds:
@@ -204,6 +214,8 @@ def describe(verdict: str, results: list[Result], vantage: str) -> str:
         "receive_down": f"Reading mail is down as seen from {vantage}: {failures}{works}.",
         "tls_problem": f"A TLS problem as seen from {vantage}: {failures}{works}.",
         "auth_failed": f"The probe's login is rejected as seen from {vantage}: {failures}{works}.",
+        "signin_failed": f"The monitor cannot get a sign-in token from the identity provider (not a mail server "
+                         f"fault) as seen from {vantage}: {failures}{works}.",
         "delivery_stalled": f"Mail is accepted but not delivered as seen from {vantage}: {failures}{works}.",
         "degraded": (f"Partly working as seen from {vantage}: {failures}{works}." if failing else
                      f"Working but slow as seen from {vantage}{works}."),

@@ -64,9 +64,10 @@ INVALID = [
      ["{file}:7: targets[0].auth.password_file: cannot read password file '/nonexistent/mailmon-test/password': "
       "No such file or directory"]),
     ("invalid-auth-both-passwords.yml",
-     ["{file}:6: targets[0].auth: give exactly one of password_env or password_file"]),
+     ["{file}:6: targets[0].auth: give exactly one of password_env, password_file or oauth2"]),
     ("invalid-auth-list-for-mapping.yml",
-     ["{file}:6: targets[0].auth: must be a mapping with keys username, password_env, password_file"]),
+     ["{file}:6: targets[0].auth: must be a mapping with keys username, password_env, password_file, oauth2, "
+      "mechanism"]),
     ("invalid-timing-check-timeout-over-interval.yml",
      ["{file}:7: targets[0].smtp.timeout: timeout (45s) must not be longer than interval (30s)"]),
     ("invalid-timing-defaults-timeout-over-interval.yml",
@@ -80,6 +81,32 @@ INVALID = [
       "selfcheck, history, metrics, targets"]),
     ("invalid-metrics-failure-series.yml",
      ["{file}:3: metrics.failure_series: must be one of all, on_failure, got 'lazy'"]),
+    ("invalid-oauth2-two-grants.yml",
+     ["{file}:9: targets[0].auth.oauth2: give exactly one of grant (client_credentials, refresh_token, "
+      "service_account), token_file or token_command"]),
+    ("invalid-oauth2-missing-client-id.yml",
+     ["{file}:9: targets[0].auth.oauth2: grant client_credentials needs client_id (the application (client) ID)"]),
+    ("invalid-oauth2-unreadable-key.yml",
+     ["{file}:12: targets[0].auth.oauth2.client_certificate_file: cannot read certificate file "
+      "'/nonexistent/mailmon-test/client.pem': No such file or directory"]),
+    ("invalid-oauth2-microsoft-without-tenant.yml",
+     ["{file}:10: targets[0].auth.oauth2.provider: provider microsoft needs tenant (the directory (tenant) ID or "
+      "primary domain), or an explicit token_url"]),
+    ("invalid-oauth2-password-too.yml",
+     ["{file}:7: targets[0].auth.password_env: give either a password or oauth2, not both"]),
+    ("invalid-oauth2-secret-env-unset.yml",
+     ["{file}:12: targets[0].auth.oauth2.client_secret_env: environment variable MAILMON_TEST_UNSET_SECRET "
+      "is not set"]),
+    ("invalid-oauth2-http-token-url.yml",
+     ["{file}:10: targets[0].auth.oauth2.token_url: 'http://idp.example.test/token' is not an https:// URL "
+      "(tokens and client secrets travel over it)"]),
+    ("invalid-oauth2-key-for-other-grant.yml",
+     ["{file}:14: targets[0].auth.oauth2.refresh_token_file: does not apply to grant client_credentials (it is for "
+      "grant refresh_token)"]),
+    ("invalid-oauth2-mechanism.yml",
+     ["{file}:7: targets[0].auth.mechanism: must be one of xoauth2, oauthbearer, got 'plain'"]),
+    ("invalid-oauth2-service-account-not-json.yml",
+     ["{file}:10: targets[0].auth.oauth2.service_account_file: is not a JSON service account key file"]),
     ("invalid-smtp-mail-from-without-rcpt-to.yml",
      ["{file}:6: targets[0].smtp: mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)"]),
     ("invalid-many-problems.yml",

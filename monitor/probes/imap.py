@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from aioimaplib import aioimaplib
@@ -18,7 +18,10 @@ from aioimaplib import aioimaplib
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
+from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
+from monitor.signin import Credential
+from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
 from monitor.tls import client_context
 
 __all__ = ["ImapSession", "probe"]
@@ -64,6 +67,15 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.lost: asyncio.Future[None] = loop.create_future()
         self.violation: str | None = None
         self._received = 0
+        # During AUTHENTICATE: answers the server's `+` continuation lines (ours, not the library's: it would log
+        # the pending command, whose SASL-IR argument carries the token).
+        self.on_continuation: Callable[[bytes], None] | None = None
+
+    def _continuation(self, line: bytes) -> None:
+        if self.on_continuation is not None:
+            self.on_continuation(line)
+        else:
+            super()._continuation(line)
 
     async def welcome(self, command: bytes) -> None:
         if self.greeting.done():
@@ -213,6 +225,9 @@ class ImapSession:
             # illegal (RFC 3501 7.1.4). Sending it anyway only earns a library error.
             self.ctx.note("the server pre-authenticated the connection (PREAUTH): LOGIN skipped")
             return
+        if auth.oauth2 is not None:
+            await self._authenticate()
+            return
         if "LOGINDISABLED" in protocol.capabilities:
             # RFC 3501: the server refuses LOGIN on this connection; sending it would expose the password.
             raise ProbeError("auth", "protocol", "the server disables LOGIN on this connection (LOGINDISABLED): "
@@ -222,8 +237,70 @@ class ImapSession:
         self._heard(response)
         if response.result != "OK":
             temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-            raise ProbeError("auth", "reply_4xx" if temporary else "auth_rejected",
-                             f"LOGIN {response.result}: {_text(response)}")
+            reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
+                "auth_rejected"
+            raise ProbeError("auth", reason, f"LOGIN {response.result}: {_text(response)}")
+
+    async def _authenticate(self) -> None:
+        """AUTHENTICATE XOAUTH2 / OAUTHBEARER (SASL-IR when offered), renewing a rejected token once."""
+        protocol, auth = self.protocol, self.target.auth
+        assert protocol is not None and auth is not None
+        mechanism = auth.mechanism or "xoauth2"
+        if f"AUTH={mechanism.upper()}" not in protocol.capabilities:
+            offered = sorted(c[5:] for c in protocol.capabilities if c.startswith("AUTH="))
+            raise ProbeError("auth", "protocol", f"the server does not offer AUTHENTICATE {mechanism.upper()} "
+                                                 f"(it offers: {', '.join(offered) or 'none'})")
+        source, token = await credential(self.ctx, auth, "login")
+        failure = await self._sasl(mechanism, token)
+        if failure is not None and failure.reason == "auth_rejected":
+            fresh = await renewed(self.ctx, source, token, "login")
+            if fresh is not None:
+                failure = await self._sasl(mechanism, fresh)
+        if failure is not None:
+            raise failure
+
+    async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
+        protocol, ctx = self.protocol, self.ctx
+        assert protocol is not None and protocol.transport is not None
+        transport = protocol.transport
+        name = mechanism.upper()
+        response_text = initial_response(mechanism, token.username, token.secret.reveal(), self.target.server_name,
+                                         self.check.port)
+        sasl_ir = "SASL-IR" in protocol.capabilities
+        sent = [sasl_ir]
+        challenges: list[str] = []
+
+        def on_continuation(line: bytes) -> None:
+            text = line[1:].strip().decode(errors="replace")
+            ctx.heard(f"+ {text}".rstrip())
+            if not sent[0]:
+                sent[0] = True
+                ctx.say("********")
+                transport.write(response_text.encode() + b"\r\n")
+                return
+            # An error challenge: answer it so the server sends its tagged NO (RFC 7628 3.2.3).
+            challenges.append(describe_challenge(text))
+            answer = failure_answer(mechanism)
+            ctx.say(answer or "(empty line)")
+            transport.write(answer.encode() + b"\r\n")
+
+        args = (name, response_text) if sasl_ir else (name,)
+        command = aioimaplib.Command("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        ctx.say(f"{command.tag} AUTHENTICATE {name}" + (" ********" if sasl_ir else ""))
+        protocol.on_continuation = on_continuation
+        try:
+            response = await self.watch(protocol.execute(command, scrub=response_text))
+        finally:
+            protocol.on_continuation = None
+        self._heard(response)
+        if response.result == "OK":
+            protocol.state = aioimaplib.AUTH
+            return None
+        text = _text(response)
+        temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
+        reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
+        detail = f"AUTHENTICATE {name} {response.result}: {text}" + (f" ({challenges[-1]})" if challenges else "")
+        return ProbeError("auth", reason, detail)
 
     async def select(self, mailbox: str) -> None:
         protocol = self.protocol

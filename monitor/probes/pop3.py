@@ -13,7 +13,10 @@ import re
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
+from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
+from monitor.signin import Credential
+from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
 from monitor.tls import client_context
 
 __all__ = ["Pop3Session", "probe"]
@@ -69,10 +72,58 @@ class Pop3Session:
     async def _login(self) -> None:
         auth = self.target.auth
         assert auth is not None
+        if auth.oauth2 is not None:
+            await self._authenticate()
+            return
         self.ctx.step("user")
         await self.command(f"USER {auth.username}", "auth", rejected="auth_rejected")
         self.ctx.step("pass")
         await self.command(f"PASS {auth.password.reveal()}", "auth", shown="PASS ********", rejected="auth_rejected")
+
+    async def _authenticate(self) -> None:
+        """AUTH XOAUTH2 / OAUTHBEARER (RFC 5034), renewing a rejected token once."""
+        auth = self.target.auth
+        assert auth is not None
+        mechanism = auth.mechanism or "xoauth2"
+        source, token = await credential(self.ctx, auth, "auth")
+        failure = await self._sasl(mechanism, token)
+        if failure is not None and failure.reason == "auth_rejected":
+            fresh = await renewed(self.ctx, source, token, "auth")
+            if fresh is not None:
+                failure = await self._sasl(mechanism, fresh)
+        if failure is not None:
+            raise failure
+
+    async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
+        """One AUTH exchange. RFC 5034 4: an initial response that would make the command longer than 255 octets
+        goes after the server's empty challenge instead, which a token always does."""
+        assert self.writer is not None
+        name = mechanism.upper()
+        response_text = initial_response(mechanism, token.username, token.secret.reveal(), self.target.server_name,
+                                         self.check.port)
+        self.ctx.say(f"AUTH {name}")
+        self.writer.write(f"AUTH {name}\r\n".encode())
+        reply = await self._line("auth")
+        challenge = ""
+        if reply.startswith("+"):
+            self.ctx.say("********")
+            self.writer.write(response_text.encode() + b"\r\n")
+            reply = await self._line("auth")
+            if reply.startswith("+"):
+                challenge = describe_challenge(reply[1:].strip())
+                answer = failure_answer(mechanism)
+                self.ctx.say(answer or "(empty line)")
+                self.writer.write(answer.encode() + b"\r\n")
+                reply = await self._line("auth")
+        if reply.startswith("+OK"):
+            return None
+        if not reply.startswith("-ERR"):
+            return ProbeError("auth", "protocol", f"AUTH {name}: not a POP3 status line: {reply[:200]!r}")
+        if _TEMPORARY.match(reply):
+            reason = "reply_4xx"
+        else:
+            reason = "auth_disabled" if policy_refusal(reply) else "auth_rejected"
+        return ProbeError("auth", reason, f"AUTH {name}: {reply[:300]}" + (f" ({challenge})" if challenge else ""))
 
     async def _read_line(self, stage: str) -> str:
         """One line from the server, without its line end; too long is a protocol error, EOF a reset."""
@@ -101,6 +152,8 @@ class Pop3Session:
             return reply
         if reply.startswith("-ERR"):
             reason = "reply_4xx" if _TEMPORARY.match(reply) else rejected
+            if rejected == "auth_rejected" and reason == rejected and policy_refusal(reply):
+                reason = "auth_disabled"
             raise ProbeError(stage, reason, f"{(shown or line).split(' ')[0]}: {reply[:300]}")
         raise ProbeError(stage, "protocol", f"not a POP3 status line: {reply[:200]!r}")
 

@@ -118,6 +118,8 @@ class RoundTrip:
                 with attempt:
                     await reader.open()
         except ProbeError as exc:
+            if exc.stage == "token":
+                raise  # the identity provider failed, not the read-back server: keep saying so
             if exc.stage in ("auth", "tls") or exc.stage == "fetch":
                 raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
             raise ProbeError("fetch", exc.reason, f"read-back {exc.stage}: {exc.detail}") from exc

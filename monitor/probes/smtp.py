@@ -16,7 +16,10 @@ import aiosmtplib
 from monitor.config import CheckSettings, Target, default_helo_name
 from monitor.errors import ProbeError, smtp_reply_reason
 from monitor.net import open_socket
+from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
+from monitor.signin import Credential
+from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
 from monitor.tls import client_context
 
 __all__ = ["probe", "quit_session", "record_reply", "smtp_session"]
@@ -25,6 +28,9 @@ __all__ = ["probe", "quit_session", "record_reply", "smtp_session"]
 _MECHANISMS = ("plain", "login")
 # RFC 4954: 535 is "authentication credentials invalid"; 534/538 are policy rejections of the attempt.
 _AUTH_REJECTED = frozenset({535, 534, 538})
+# Postfix cuts command lines at 2048 characters (mail-lab-notes.md): a longer `AUTH XOAUTH2 <initial response>`
+# fails as "Invalid base64 data". Past this length the response goes after the server's empty 334 instead.
+_MAX_AUTH_LINE = 2000
 
 
 def record_reply(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
@@ -134,8 +140,11 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             ctx.step("ehlo_tls")
             await _ehlo(ctx, client, helo, quick_ack=True)
         if check.use_auth and target.auth is not None:
-            ctx.step("auth")
-            await _authenticate(ctx, client, target, check.auth_mechanism)
+            if target.auth.oauth2 is not None:
+                await _authenticate_oauth2(ctx, client, target, check)
+            else:
+                ctx.step("auth")
+                await _authenticate(ctx, client, target, check.auth_mechanism)
     except BaseException:
         client.close()
         raise
@@ -155,8 +164,81 @@ async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Targ
     try:
         response = await method(target.auth.username, target.auth.password.reveal())
     except aiosmtplib.SMTPAuthenticationError as exc:
-        raise _rejected(ctx, "auth", exc, reason="auth_rejected" if exc.code in _AUTH_REJECTED else None) from exc
+        if policy_refusal(exc.message):
+            reason: str | None = "auth_disabled"
+        else:
+            reason = "auth_rejected" if exc.code in _AUTH_REJECTED else None
+        raise _rejected(ctx, "auth", exc, reason=reason) from exc
     record_reply(ctx, response)
+
+
+async def _authenticate_oauth2(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Target,
+                               check: CheckSettings) -> None:
+    """AUTH XOAUTH2 / OAUTHBEARER with the identity's token; one mechanism, and one more try only with a renewed
+    token when the server rejected one that had not expired (revoked)."""
+    auth = target.auth
+    assert auth is not None and auth.oauth2 is not None
+    mechanism = auth.mechanism or "xoauth2"
+    ctx.step("auth")
+    if mechanism not in client.server_auth_methods:
+        raise ProbeError("auth", "protocol", f"the server does not offer AUTH {mechanism.upper()} (it offers: "
+                                             f"{', '.join(client.server_auth_methods).upper() or 'none'})")
+    source, token = await credential(ctx, auth, "auth")
+    failure = await _sasl(ctx, client, mechanism, token, target.server_name, check.port)
+    if failure is not None and failure.reason == "auth_rejected":
+        fresh = await renewed(ctx, source, token, "auth")
+        if fresh is not None:
+            failure = await _sasl(ctx, client, mechanism, fresh, target.server_name, check.port)
+    if failure is not None:
+        raise failure
+
+
+async def _execute(ctx: ProbeContext, client: aiosmtplib.SMTP, *args: bytes) -> aiosmtplib.SMTPResponse:
+    try:
+        return await client.execute_command(*args)
+    except aiosmtplib.SMTPResponseException as exc:
+        raise _rejected(ctx, "auth", exc) from exc
+
+
+async def _sasl(ctx: ProbeContext, client: aiosmtplib.SMTP, mechanism: str, token: Credential, host: str,
+                port: int) -> ProbeError | None:
+    """One SASL exchange; returns the failure (not raised: the caller may renew the token and try again)."""
+    name = mechanism.upper()
+    response_text = initial_response(mechanism, token.username, token.secret.reveal(), host, port)
+    if len(f"AUTH {name} {response_text}") <= _MAX_AUTH_LINE:
+        ctx.say(f"AUTH {name} ********")
+        response = await _execute(ctx, client, b"AUTH", name.encode(), response_text.encode())
+    else:
+        ctx.say(f"AUTH {name}")
+        response = await _execute(ctx, client, b"AUTH", name.encode())
+        record_reply(ctx, response)
+        if response.code != 334:
+            return _auth_failure(response, name, "")
+        ctx.say("********")
+        response = await _execute(ctx, client, response_text.encode())
+    challenge = ""
+    if response.code == 334:
+        # The server's error challenge (base64 JSON): answer it as the mechanism says to get the final reply.
+        record_reply(ctx, response)
+        challenge = describe_challenge(response.message)
+        answer = failure_answer(mechanism)
+        ctx.say(answer or "(empty line)")
+        response = await _execute(ctx, client, answer.encode())
+    record_reply(ctx, response)
+    if response.code == 235:
+        return None
+    return _auth_failure(response, name, challenge)
+
+
+def _auth_failure(response: aiosmtplib.SMTPResponse, name: str, challenge: str) -> ProbeError:
+    if policy_refusal(response.message):
+        reason = "auth_disabled"
+    elif response.code in _AUTH_REJECTED:
+        reason = "auth_rejected"
+    else:
+        reason = reply_reason(response.code)
+    detail = f"AUTH {name}: {response.code} {response.message}" + (f" ({challenge})" if challenge else "")
+    return ProbeError("auth", reason, detail, smtp_code=response.code)
 
 
 async def quit_session(ctx: ProbeContext, client: aiosmtplib.SMTP) -> None:

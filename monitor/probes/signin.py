@@ -1,0 +1,48 @@
+"""What every probe does around sign-in: ask the credential source (timing a `token` step when it may talk to an
+identity provider), renew a rejected token once, and tell a policy refusal from rejected credentials."""
+
+from __future__ import annotations
+
+import re
+
+from monitor.config import Auth
+from monitor.result import ProbeContext
+from monitor.signin import Credential, CredentialSource, source_for
+
+__all__ = ["credential", "policy_refusal", "renewed"]
+
+# Replies that refuse the *mechanism* by the provider's policy, not the credentials: Exchange Online's
+# "535 5.7.139 Authentication unsuccessful, basic authentication is disabled" and "... SmtpClientAuthentication is
+# disabled for the Tenant", its 5.7.3 when the word "disabled" goes with it, and Gmail's "534 5.7.9
+# Application-specific password required" (also an IMAP [ALERT]).
+_POLICY = re.compile(
+    r"5\.7\.139|basic authentication is disabled|SmtpClientAuthentication is disabled|"
+    r"5\.7\.3\b.*\bdisabled|5\.7\.9\b.*application-specific password|application-specific password required",
+    re.IGNORECASE)
+
+
+def policy_refusal(text: str) -> bool:
+    """True when a failed login's reply says the login method is switched off by policy (reason auth_disabled)."""
+    return _POLICY.search(text) is not None
+
+
+async def credential(ctx: ProbeContext, auth: Auth, next_step: str) -> tuple[CredentialSource, Credential]:
+    """The credential to send; a token source's time is the `token` step, then `next_step` starts."""
+    source = source_for(auth)
+    if source.uses_token:
+        ctx.step("token")
+    found = await source.credential(ctx.time_left())
+    ctx.step(next_step)
+    return source, found
+
+
+async def renewed(ctx: ProbeContext, source: CredentialSource, rejected: Credential,
+                  next_step: str) -> Credential | None:
+    """After the server rejected `rejected`: one forced refresh, or None when that cannot help."""
+    if not source.uses_token or rejected.expired():
+        return None
+    ctx.note("the server rejected a token that had not expired: renewing it once")
+    ctx.step("token")
+    fresh = await source.renew(rejected, ctx.time_left())
+    ctx.step(next_step)
+    return fresh
