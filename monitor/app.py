@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from monitor import config as config_module
-from monitor import selfcheck
+from monitor import resources, selfcheck
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.history import History
 from monitor.logs import log_result
@@ -42,7 +42,8 @@ class App:
     """A monitor instance. `start()` begins probing and serving; `stop()` ends both and waits."""
 
     def __init__(self, config: Config, listen: str | None = None, registry: CollectorRegistry | None = None,
-                 config_path: str | None = None, web: WebConfig | None = None) -> None:
+                 config_path: str | None = None, web: WebConfig | None = None,
+                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS) -> None:
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
@@ -63,7 +64,9 @@ class App:
             ("GET", "/api/status"): self._api_status,
             ("GET", "/api/history"): self._api_history,
             ("GET", "/"): self._index,
-        }, authorize=self.web.authorized if self.web.users else None)
+        }, authorize=self.web.authorized if self.web.users else None, max_connections=max_connections,
+            on_rejected=self.metrics.record_http_rejected)
+        self.max_connections = max_connections
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -71,6 +74,7 @@ class App:
         if settings is not None:
             self.history = await asyncio.to_thread(History.open, settings.path, settings.retention,
                                                    settings.max_bytes)
+        self._bound_http()
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
         checks = sum(len(t.checks) for t in self.config.targets)
@@ -92,6 +96,17 @@ class App:
         gc.freeze()
         log.info("mailmon started", extra={"fields": {"vantage": self.config.vantage, "listen": self.listen,
                                                       "targets": len(self.config.targets)}})
+
+    def _bound_http(self) -> None:
+        """Cap HTTP connections below RLIMIT_NOFILE, keeping the probes' reserve; warn when the cap had to shrink."""
+        limit = resources.nofile_limit()
+        cap, lowered = resources.http_connection_cap(self.max_connections, self.config.concurrency, limit)
+        if lowered:
+            log.warning("descriptor limit too low for the HTTP connection cap: lowered to keep the probes' reserve",
+                        extra={"fields": {"nofile": limit, "max_connections": self.max_connections, "cap": cap,
+                                          "probe_reserve": resources.probe_reserve(self.config.concurrency)}})
+        self.http.max_connections = cap
+        self.metrics.record_http_cap(cap)
 
     async def stop(self) -> None:
         if self._selfcheck_task is not None:
@@ -132,7 +147,7 @@ class App:
         log_result(result)
         if self.history is not None:
             self.history.submit(result, verdict)
-        if result.stage == "dns":
+        if result.stage == "dns" or result.reason == "local_resources":
             # A name that stopped resolving may be this vantage's resolver: ask the selfcheck now, so the
             # verdict says vantage_fault within seconds rather than blaming the server until its next run.
             self._selfcheck_now.set()

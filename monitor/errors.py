@@ -8,6 +8,7 @@ import socket
 import ssl
 
 __all__ = [
+    "LOCAL_RESOURCE_ERRNOS",
     "REASONS",
     "STAGES",
     "MailmonError",
@@ -24,12 +25,18 @@ STAGES: tuple[str, ...] = (
 REASONS: tuple[str, ...] = (
     "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
     "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
+    "local_resources",
 )
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
 _X509_CERT_HAS_EXPIRED = 10
-_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN})
+# This host ran out of something (descriptors, buffers, memory, ephemeral ports): the monitor's fault, never the
+# server's. EADDRNOTAVAIL belongs here, not with the unreachable errnos: on connect and bind Linux raises it when no
+# local address/port can be assigned (ephemeral ports exhausted); an unrouted peer is ENETUNREACH/EHOSTUNREACH.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 _RESOLVER_SILENT = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
+_RESOLVER_LOCAL = frozenset({socket.EAI_MEMORY})  # the resolver library could not allocate: our host, not DNS
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
 
 
@@ -81,6 +88,9 @@ def _reason_of(exc: BaseException) -> str | None:
         return "cert_invalid"
     if isinstance(exc, ssl.SSLError):
         return "tls_handshake"
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in LOCAL_RESOURCE_ERRNOS) or (
+            isinstance(exc, socket.gaierror) and exc.errno in _RESOLVER_LOCAL):
+        return "local_resources"  # before everything else: an exhausted host says nothing about the server
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):
