@@ -8,7 +8,9 @@ import gzip
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
@@ -36,6 +38,11 @@ SELFCHECK_TARGET = "_vantage"
 _SELFCHECK_DEBOUNCE = 1.0
 _MIN_SPREAD = 5.0
 _SPREAD_PER_CHECK = 0.01
+# Threads for the HTTP side's blocking work (history queries, gzip). Its own pool, not the loop's default one:
+# that one also runs the probes' getaddrinfo, which many concurrent /api/history requests would queue behind.
+_WEB_THREADS = 2
+
+_T = TypeVar("_T")
 
 
 class App:
@@ -67,6 +74,7 @@ class App:
         }, authorize=self.web.authorized if self.web.users else None, max_connections=max_connections,
             on_rejected=self.metrics.record_http_rejected)
         self.max_connections = max_connections
+        self._web_pool = ThreadPoolExecutor(_WEB_THREADS, thread_name_prefix="mailmon-web")
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -115,6 +123,7 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.http.stop()
+        self._web_pool.shutdown(wait=True, cancel_futures=True)
         if self.history is not None:
             await asyncio.to_thread(self.history.close)
 
@@ -216,9 +225,14 @@ class App:
         if accepts_gzip(request.headers.get("accept-encoding", "")):
             # Prometheus asks for gzip: ~25x fewer bytes on the wire. zlib lets go of the GIL while it compresses,
             # so in a thread the probes keep running.
-            body = await asyncio.to_thread(gzip.compress, body, 1)
+            body = await self._off_loop(gzip.compress, body, 1)
             headers["Content-Encoding"] = "gzip"
         return Response(body=body, content_type=CONTENT_TYPE_LATEST, headers=headers)
+
+    async def _off_loop(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run HTTP-side blocking work in the web pool: at most _WEB_THREADS at once, the rest wait their turn."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._web_pool, lambda: func(*args, **kwargs))
 
     async def _healthy(self, request: Request) -> Response:
         return Response.text("OK\n")
@@ -259,7 +273,8 @@ class App:
             params = history_params(request.query)
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
-        rows = await asyncio.to_thread(self.history.query, **params)
+        history = self.history
+        rows = await self._off_loop(history.query, **params)
         more = len(rows) == params["limit"]
         return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None})
 
@@ -268,7 +283,8 @@ class App:
         failures: dict[str, list[dict[str, Any]]] = {}
         if self.history is not None:
             since = time.time() - 86400
-            rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
+            history = self.history
+            rows = await self._off_loop(history.query, since=since, failed_only=True, limit=5000)
             for row in rows:
                 failures.setdefault(row["target"], []).append(row)
         page = render_page(status, failures)

@@ -240,3 +240,19 @@ async def test_a_reader_slower_than_the_write_deadline_is_cut_off() -> None:
     finally:
         writer.close()
         await http.stop()
+
+
+async def test_a_handler_slower_than_its_deadline_gets_503() -> None:
+    """A request whose handler does not answer in time is told 503 with Retry-After, and its slot is freed."""
+    async def stuck(request: Request) -> Response:
+        await asyncio.sleep(60)
+        return Response.text("late\n")
+
+    http = HttpServer({("GET", "/stuck"): stuck}, handler_timeout=0.2)
+    await http.start("127.0.0.1", 0)
+    try:
+        status, headers, _ = parse(await exchange(http.port, b"GET /stuck HTTP/1.1\r\n\r\n"))
+        assert (status, headers.get("retry-after")) == (503, "5")
+        assert http.active == 0
+    finally:
+        await http.stop()

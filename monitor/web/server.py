@@ -29,6 +29,9 @@ HEAD_TIMEOUT = 3.0
 # The response within this: a 5,000-target scrape body leaves in well under a second on loopback; a reader slower
 # than this keeps its whole body in memory until cut off.
 WRITE_TIMEOUT = 30.0
+# A handler's answer within this, else 503: requests queued behind a busy history or thread pool give up
+# instead of piling up (the connection cap bounds how many wait).
+HANDLER_TIMEOUT = 20.0
 
 
 @dataclass
@@ -61,7 +64,8 @@ class HttpServer:
     def __init__(self, routes: dict[tuple[str, str], Handler],
                  authorize: Callable[[str | None], Awaitable[bool]] | None = None,
                  max_connections: int = 64, on_rejected: Callable[[], None] | None = None,
-                 head_timeout: float = HEAD_TIMEOUT, write_timeout: float = WRITE_TIMEOUT) -> None:
+                 head_timeout: float = HEAD_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
+                 handler_timeout: float = HANDLER_TIMEOUT) -> None:
         self.routes = routes
         # Checks the Authorization header of every request (basic auth from the web config), if set.
         self.authorize = authorize
@@ -69,6 +73,7 @@ class HttpServer:
         self.on_rejected = on_rejected
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
+        self.handler_timeout = handler_timeout
         self.active = 0  # connections being served now
         self._server: asyncio.Server | None = None
 
@@ -122,7 +127,10 @@ class HttpServer:
                 return Response(405, b"method not allowed\n", headers={"Allow": ", ".join(allowed)})
             return Response.text("not found\n", 404)
         try:
-            return await handler(request)
+            return await asyncio.wait_for(handler(request), self.handler_timeout)
+        except TimeoutError:
+            log.warning("handler for %s %s timed out", request.method, request.path)
+            return Response(503, b"busy, try again\n", headers={"Retry-After": "5"})
         except Exception:
             log.exception("handler for %s %s failed", request.method, request.path)
             return Response.text("internal error\n", 500)
