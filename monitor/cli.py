@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, overrides `listen` in the config")
     loop_option(run)
     run.add_argument("--web.max-connections", dest="max_connections", type=_positive, default=None, metavar="N",
-                     help="at most this many HTTP connections at once, the rest closed at once (default 64; lowered "
+                     help="at most this many HTTP connections at once, the rest closed at once (default 32; lowered "
                           "to keep descriptors for the probes under RLIMIT_NOFILE)")
     run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")

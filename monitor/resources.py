@@ -13,8 +13,9 @@ import resource
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "MIN_FREE", "free_descriptors", "http_connection_cap", "nofile_limit",
            "open_descriptors", "probe_reserve"]
 
-# Prometheus, a few browsers and `diagnose`: far more concurrent HTTP clients than a monitor has readers.
-DEFAULT_MAX_CONNECTIONS = 64
+# Prometheus (an HA pair), a few browsers, `diagnose` and a container healthcheck need a handful. Each slow reader
+# of /metrics holds one rendered body (~2 MB at 100 targets): the cap bounds that memory too (bench/http_overload.py).
+DEFAULT_MAX_CONNECTIONS = 32
 # Below this many free descriptors the next probes may fail to open sockets: the selfcheck says so.
 MIN_FREE = 16
 # Per concurrent probe: a round trip holds an SMTP and a read-back socket, plus slack for a TLS/resolver thread.

@@ -55,10 +55,12 @@ class Monitor:
     """A `mailmon run` process; `wrap` runs it inside a private mount namespace with its own hosts/resolv files."""
 
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None,
-                 hosts: Path | None = None, resolv: Path | None = None, prefix: Sequence[str] = ()) -> None:
+                 hosts: Path | None = None, resolv: Path | None = None, prefix: Sequence[str] = (),
+                 args: Sequence[str] = ()) -> None:
         self.listen = f"127.0.0.1:{free_port()}"
         # `prefix` runs it under a wrapper that execs it, e.g. `prlimit --nofile=1024` (the pid stays mailmon's).
-        command = [*prefix, *mailmon_command("run", "--config", str(config), "--listen", self.listen)]
+        command = [*prefix, *mailmon_command("run", "--config", str(config), "--listen", self.listen),
+                   *args]
         if hosts is not None or resolv is not None:
             # A vantage with its own resolver view: glibc re-reads these files on every lookup, so a test can
             # break or repair this vantage's name resolution without touching the machine's.

@@ -131,3 +131,34 @@ def test_half_request_flood_never_reads_as_a_server_fault(flooded_monitor: tuple
                                                                                         "vantage_fault")]
     assert bad == []
     assert _rejected(monitor) > 0, "the flood reached the connection cap"
+
+
+def _gauge(monitor: Monitor, name: str) -> float:
+    for line in monitor.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is missing")
+
+
+def test_connection_cap_is_lowered_to_keep_the_probes_descriptors(tmp_path: Path, lab: Lab) -> None:
+    """--web.max-connections 500 under nofile=512 is lowered to 512 - (64 + 4 x 64) = 192, with a warning."""
+    prlimit = shutil.which("prlimit")
+    assert prlimit is not None, "prlimit (util-linux) is needed"
+    monitor = Monitor(_config(tmp_path, lab), tmp_path / "monitor.log", prefix=[prlimit, "--nofile=512"],
+                      args=["--web.max-connections", "500"])
+    try:
+        assert _gauge(monitor, "mailmon_http_connections_max") == 192
+    finally:
+        monitor.stop()
+    log = (tmp_path / "monitor.log").read_text()
+    assert "descriptor limit too low for the HTTP connection cap" in log and "cap=192" in log
+
+
+def test_configured_cap_is_kept_when_the_limit_allows_it(tmp_path: Path, lab: Lab) -> None:
+    """--web.max-connections 7 with room to spare is the cap in force, without a warning."""
+    monitor = Monitor(_config(tmp_path, lab), tmp_path / "monitor.log", args=["--web.max-connections", "7"])
+    try:
+        assert _gauge(monitor, "mailmon_http_connections_max") == 7
+    finally:
+        monitor.stop()
+    assert "descriptor limit too low" not in (tmp_path / "monitor.log").read_text()

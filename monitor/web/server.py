@@ -29,6 +29,8 @@ HEAD_TIMEOUT = 3.0
 # The response within this: a 5,000-target scrape body leaves in well under a second on loopback; a reader slower
 # than this keeps its whole body in memory until cut off.
 WRITE_TIMEOUT = 30.0
+# Response bodies are written this much at a time (see _write).
+_WRITE_SLICE = 256 * 1024
 # A handler's answer within this, else 503: requests queued behind a busy history or thread pool give up
 # instead of piling up (the connection cap bounds how many wait).
 HANDLER_TIMEOUT = 20.0
@@ -169,5 +171,10 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
     head = f"HTTP/1.1 {response.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     writer.write(head.encode("latin-1"))
     if not head_only:
-        writer.write(response.body)  # not concatenated: a scrape's body can be tens of MB
+        # In slices, each drained before the next: the transport copies whatever the socket does not take at once,
+        # so one write of the body would hold a second copy of it per slow reader (tens of MB per scrape).
+        body = memoryview(response.body)
+        for start in range(0, len(body), _WRITE_SLICE):
+            writer.write(body[start:start + _WRITE_SLICE])
+            await writer.drain()
     await writer.drain()
