@@ -8,12 +8,14 @@ import gzip
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from monitor import config as config_module
-from monitor import selfcheck
+from monitor import resources, selfcheck
 from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.diagnose import freshness
@@ -43,13 +45,19 @@ _SPREAD_PER_CHECK = 0.01
 # Change calendars: files are looked at this often; window edges are met on time whatever this is.
 _CHANGES_RECHECK = 30.0
 _CHANGES_MIN_WAIT = 0.05
+# Threads for the HTTP side's blocking work (history queries, gzip). Its own pool, not the loop's default one:
+# that one also runs the probes' getaddrinfo, which many concurrent /api/history requests would queue behind.
+_WEB_THREADS = 2
+
+_T = TypeVar("_T")
 
 
 class App:
     """A monitor instance. `start()` begins probing and serving; `stop()` ends both and waits."""
 
     def __init__(self, config: Config, listen: str | None = None, registry: CollectorRegistry | None = None,
-                 config_path: str | None = None, web: WebConfig | None = None) -> None:
+                 config_path: str | None = None, web: WebConfig | None = None,
+                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS) -> None:
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
@@ -75,7 +83,11 @@ class App:
             ("GET", "/api/history"): self._api_history,
             ("GET", "/api/explain"): self._api_explain,
             ("GET", "/"): self._index,
-        }, authorize=self.web.authorized if self.web.users else None)
+        }, authorize=self.web.authorized if self.web.users else None, max_connections=max_connections,
+            on_rejected=self.metrics.record_http_rejected)
+        self.max_connections = max_connections
+        self._web_pool = ThreadPoolExecutor(_WEB_THREADS, thread_name_prefix="mailmon-web")
+        self._history_turn = asyncio.Semaphore(1)
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -83,6 +95,7 @@ class App:
         if settings is not None:
             self.history = await asyncio.to_thread(History.open, settings.path, settings.retention,
                                                    settings.max_bytes)
+        self._bound_http()
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
         checks = sum(len(t.checks) for t in self.config.targets)
@@ -108,6 +121,17 @@ class App:
         log.info("mailmon started", extra={"fields": {"vantage": self.config.vantage, "listen": self.listen,
                                                       "targets": len(self.config.targets)}})
 
+    def _bound_http(self) -> None:
+        """Cap HTTP connections below RLIMIT_NOFILE, keeping the probes' reserve; warn when the cap had to shrink."""
+        limit = resources.nofile_limit()
+        cap, lowered = resources.http_connection_cap(self.max_connections, self.config.concurrency, limit)
+        if lowered:
+            log.warning("descriptor limit too low for the HTTP connection cap: lowered to keep the probes' reserve",
+                        extra={"fields": {"nofile": limit, "max_connections": self.max_connections, "cap": cap,
+                                          "probe_reserve": resources.probe_reserve(self.config.concurrency)}})
+        self.http.max_connections = cap
+        self.metrics.record_http_cap(cap)
+
     async def stop(self) -> None:
         for task in (self._selfcheck_task, self._changes_task):
             if task is not None:
@@ -116,6 +140,7 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.http.stop()
+        self._web_pool.shutdown(wait=True, cancel_futures=True)
         if self.history is not None:
             await asyncio.to_thread(self.history.close)
 
@@ -148,7 +173,7 @@ class App:
         log_result(result)
         if self.history is not None:
             self.history.submit(result, verdict)
-        if result.stage == "dns":
+        if result.stage == "dns" or result.reason == "local_resources":
             # A name that stopped resolving may be this vantage's resolver: ask the selfcheck now, so the
             # verdict says vantage_fault within seconds rather than blaming the server until its next run.
             self._selfcheck_now.set()
@@ -248,9 +273,14 @@ class App:
         if accepts_gzip(request.headers.get("accept-encoding", "")):
             # Prometheus asks for gzip: ~25x fewer bytes on the wire. zlib lets go of the GIL while it compresses,
             # so in a thread the probes keep running.
-            body = await asyncio.to_thread(gzip.compress, body, 1)
+            body = await self._off_loop(gzip.compress, body, 1)
             headers["Content-Encoding"] = "gzip"
         return Response(body=body, content_type=CONTENT_TYPE_LATEST, headers=headers)
+
+    async def _off_loop(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run HTTP-side blocking work in the web pool: at most _WEB_THREADS at once, the rest wait their turn."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._web_pool, lambda: func(*args, **kwargs))
 
     async def _healthy(self, request: Request) -> Response:
         return Response.text("OK\n")
@@ -315,17 +345,24 @@ class App:
             params = history_params(request.query)
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
-        rows = await asyncio.to_thread(self.history.query, **params)
-        more = len(rows) == params["limit"]
-        windows = []
-        if rows:
-            times = [float(row["started_at"]) for row in rows]
-            windows = self.calendars.windows(min(times), max(times) + 1.0)
-            for row in rows:
-                at = float(row["started_at"])
-                row["change_windows"] = [w.change for w in windows if w.start <= at < w.end]
-        return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
-                      "change_windows": [w.as_json() for w in windows]})
+        history = self.history
+        calendars = self.calendars
+
+        def page() -> Response:  # query and encode in the web pool: a 1,000-row page is ~10 ms of CPU to encode
+            rows = history.query(**params)
+            more = len(rows) == params["limit"]
+            windows = []
+            if rows:
+                times = [float(row["started_at"]) for row in rows]
+                windows = calendars.windows(min(times), max(times) + 1.0)
+                for row in rows:
+                    at = float(row["started_at"])
+                    row["change_windows"] = [w.change for w in windows if w.start <= at < w.end]
+            return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
+                          "change_windows": [w.as_json() for w in windows]})
+
+        async with self._history_turn:  # one page at a time: JSON encoding holds the GIL the probes need
+            return await self._off_loop(page)
 
     async def _index(self, request: Request) -> Response:
         status = self.status()
@@ -333,7 +370,8 @@ class App:
         runs: dict[str, list[dict[str, Any]]] = {}
         if self.history is not None:
             since = time.time() - 86400
-            rows = await asyncio.to_thread(self.history.query, since=since, failed_only=True, limit=5000)
+            history = self.history
+            rows = await self._off_loop(history.query, since=since, failed_only=True, limit=5000)
             for row in rows:
                 failures.setdefault(row["target"], []).append(row)
             # Every recorded run, so the timeline colours what happened and leaves hours without runs as no data.

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, overrides `listen` in the config")
     loop_option(run)
+    run.add_argument("--web.max-connections", dest="max_connections", type=_positive, default=None, metavar="N",
+                     help="at most this many HTTP connections at once, the rest closed at once (default 32; lowered "
+                          "to keep descriptors for the probes under RLIMIT_NOFILE)")
     run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")
 
@@ -108,6 +111,17 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse reports anything else and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -139,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 _report("web config", exc)
                 return EXIT_CONFIG
-        return _on_loop(_run(config, args.listen, args.config, web), args.event_loop)
+        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections), args.event_loop)
     if args.command == "history":
         from monitor.history_cli import show_history
 
@@ -163,10 +177,13 @@ def _on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
         return EXIT_CONFIG
 
 
-async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None) -> int:
+async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None,
+               max_connections: int | None = None) -> int:
+    from monitor import resources
     from monitor.app import App
 
-    app = App(config, listen=listen, config_path=path, web=web)
+    app = App(config, listen=listen, config_path=path, web=web,
+              max_connections=max_connections or resources.DEFAULT_MAX_CONNECTIONS)
     try:
         await app.start()
     except MailmonError as exc:  # the history file cannot be used

@@ -9,6 +9,7 @@ import socket
 import ssl
 
 __all__ = [
+    "LOCAL_RESOURCE_ERRNOS",
     "REASONS",
     "STAGES",
     "MailmonError",
@@ -30,14 +31,20 @@ REASONS: tuple[str, ...] = (
     "mailbox_full",
     # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
     "auth_disabled",
+    "local_resources",
 )
 # RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
 _MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")
 
 # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification error that gets its own reason.
 _X509_CERT_HAS_EXPIRED = 10
-_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN})
+# This host ran out of something (descriptors, buffers, memory, ephemeral ports): the monitor's fault, never the
+# server's. EADDRNOTAVAIL belongs here, not with the unreachable errnos: on connect and bind Linux raises it when no
+# local address/port can be assigned (ephemeral ports exhausted); an unrouted peer is ENETUNREACH/EHOSTUNREACH.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 _RESOLVER_SILENT = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
+_RESOLVER_LOCAL = frozenset({socket.EAI_MEMORY})  # the resolver library could not allocate: our host, not DNS
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
 
 
@@ -96,6 +103,9 @@ def _reason_of(exc: BaseException) -> str | None:
         return "cert_invalid"
     if isinstance(exc, ssl.SSLError):
         return "tls_handshake"
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in LOCAL_RESOURCE_ERRNOS) or (
+            isinstance(exc, socket.gaierror) and exc.errno in _RESOLVER_LOCAL):
+        return "local_resources"  # before everything else: an exhausted host says nothing about the server
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):

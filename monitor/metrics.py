@@ -36,7 +36,7 @@ ROUNDTRIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.
 # Which (stage, reason) pairs a check can produce: the stages its steps pass through, and the reasons
 # that can happen at each. Used to pre-create the failure counters, so it must cover what the probes
 # and `errors.classify` can return.
-_ANYWHERE = ("timeout", "reset", "protocol", "internal")
+_ANYWHERE = ("timeout", "reset", "protocol", "internal", "local_resources")
 _AT_STAGE = {
     "dns": ("unreachable",),
     "connect": ("refused", "unreachable"),
@@ -203,13 +203,20 @@ class Metrics:
         self.selfcheck.labels(vantage).set(1)
         self.selfcheck_last.labels(vantage)
         for stage, reason in (("dns", "unreachable"), ("dns", "timeout"), ("connect", "unreachable"),
-                              ("connect", "refused"), ("connect", "timeout"), ("dns", "internal")):
+                              ("connect", "refused"), ("connect", "timeout"), ("dns", "internal"),
+                              ("connect", "local_resources")):
             self.selfcheck_failures.labels(vantage, stage, reason)
         self.lag = Histogram("mailmon_scheduler_lag_seconds",
                              "Delay between when a run was due and when it started (concurrency limit, load).",
                              ("vantage",), registry=rest,
                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self._lag = self.lag.labels(vantage)
+        self.http_rejected = Counter("mailmon_http_connections_rejected_total",
+                                     "HTTP connections closed at once because the connection cap was reached.",
+                                     registry=rest)
+        self.http_cap = Gauge("mailmon_http_connections_max",
+                              "The HTTP connection cap in force (--web.max-connections, lowered to fit "
+                              "RLIMIT_NOFILE).", registry=rest)
         self.reload_ok = Gauge("mailmon_config_last_reload_successful",
                                "1 if the last configuration load succeeded.", registry=rest)
         self.reload_time = Gauge("mailmon_config_last_reload_success_timestamp_seconds",
@@ -354,6 +361,12 @@ class Metrics:
 
     def record_lag(self, seconds: float) -> None:
         self._lag.observe(seconds)
+
+    def record_http_rejected(self) -> None:
+        self.http_rejected.inc()
+
+    def record_http_cap(self, cap: int) -> None:
+        self.http_cap.set(cap)
 
     def record_reload(self, ok: bool, when: float) -> None:
         self.reload_ok.set(1 if ok else 0)

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from monitor.config import is_address
 from monitor.result import ProbeContext
 
-__all__ = ["open_socket"]
+__all__ = ["SocketFactory", "open_socket", "socket_factory"]
+
+# (family, type, proto) -> an unconnected socket. A seam: tests swap in one that fails with EMFILE,
+# EADDRNOTAVAIL and the like, which a real kernel gives only when the whole host is exhausted.
+SocketFactory = Callable[[int, int, int], socket.socket]
+socket_factory: SocketFactory = socket.socket
 
 
 async def open_socket(ctx: ProbeContext, host: str, port: int) -> socket.socket:
@@ -29,7 +35,7 @@ async def open_socket(ctx: ProbeContext, host: str, port: int) -> socket.socket:
     ctx.step("connect")
     last_error: OSError | None = None
     for family, kind, proto, _name, address in infos:
-        sock = socket.socket(family, kind, proto)
+        sock = socket_factory(family, kind, proto)  # EMFILE, ENFILE, ENOBUFS here are this host's, see errors.py
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, address)

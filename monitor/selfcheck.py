@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from monitor import resources
 from monitor.config import Config, SelfcheckSettings, is_address
-from monitor.errors import ProbeError
+from monitor.errors import LOCAL_RESOURCE_ERRNOS, ProbeError
 from monitor.result import ProbeContext
 
 __all__ = ["probe"]
@@ -35,6 +36,11 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
             raise ProbeError("dns", "timeout", f"this vantage's resolver does not answer for {name}: "
                                                f"{exc.strerror}") from exc
     ctx.step("route")
+    free = resources.free_descriptors()
+    if free < resources.MIN_FREE:
+        # The probes' next sockets would fail with EMFILE: their failures would say nothing about the servers.
+        raise ProbeError("connect", "local_resources", f"only {free} of {resources.nofile_limit()} file descriptors "
+                                                       "free (RLIMIT_NOFILE)")
     addresses = {t.host for t in config.targets if is_address(t.host)}
     if settings.reference is not None and is_address(settings.reference[0]):
         addresses.add(settings.reference[0])
@@ -44,6 +50,7 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
             try:
                 sock.connect((address, 9))  # UDP connect sends nothing: it only asks the kernel for a route
             except OSError as exc:
+                _raise_if_local(exc, "connect")
                 raise ProbeError("connect", "unreachable", f"this vantage has no route to {address}: "
                                                            f"{exc.strerror}") from exc
     if settings.reference is not None:
@@ -53,7 +60,14 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
+            _raise_if_local(exc, "connect")
             reason = "refused" if isinstance(exc, ConnectionRefusedError) else "unreachable"
             stage = "dns" if isinstance(exc, socket.gaierror) else "connect"
             raise ProbeError(stage, reason, f"this vantage cannot reach its reference {host}:{port}: {exc}") from exc
         writer.close()
+
+
+def _raise_if_local(exc: OSError, stage: str) -> None:
+    """A failure for lack of local resources is named as such, not as a missing route or endpoint."""
+    if exc.errno in LOCAL_RESOURCE_ERRNOS:
+        raise ProbeError(stage, "local_resources", f"this vantage ran out of local resources: {exc}") from exc

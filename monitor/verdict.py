@@ -4,8 +4,8 @@ Rules are tried in order, first match wins (docs/verdicts.md has the table and t
 
 | # | verdict | when |
 |---|---------|------|
-| 1 | vantage_fault | this vantage's own selfcheck fails, or its resolver does not answer for a check: its other |
-|   |               | failures say nothing about the server |
+| 1 | vantage_fault | this vantage's own selfcheck fails, or its resolver does not answer for a check, or a check |
+|   |               | ran out of local resources (`local_resources`): its other failures say nothing about the server |
 | 2 | unknown | no check of the target has finished yet |
 | 3 | unreachable | every check fails at the network or service level, on both the send and receive side |
 | 4 | smtp_down | every send-side check fails at the network/service level, and the receive side (if any) passes |
@@ -69,7 +69,10 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
     if result.ok:
         return Outcome(side, None, slow)
     stage, reason = result.stage, result.reason
-    if stage == "token":
+    if reason == "local_resources":
+        # This host ran out of descriptors, buffers, memory or ports: the monitor's fault at any stage.
+        kind = "vantage"
+    elif stage == "token":
         # Checked first: a token endpoint that times out or refuses is the identity provider's fault, never a
         # network or service failure of the mail server (which was not even asked).
         kind = "signin"
@@ -207,8 +210,8 @@ def describe(verdict: str, results: list[Result], vantage: str) -> str:
     texts = {
         "ok": f"Everything works from {vantage}: {', '.join(passing) or 'no checks yet'}.",
         "unknown": f"No result yet from {vantage}.",
-        "vantage_fault": f"The monitor at {vantage} has a problem of its own (resolver, routes or reference "
-                         "endpoint): its results say nothing about the server right now.",
+        "vantage_fault": f"The monitor at {vantage} has a problem of its own (resolver, routes, reference "
+                         "endpoint or local resources): its results say nothing about the server right now.",
         "unreachable": f"The server does not answer from {vantage} on any protocol: {failures}.",
         "smtp_down": f"SMTP is down as seen from {vantage}: {failures}{works}.",
         "receive_down": f"Reading mail is down as seen from {vantage}: {failures}{works}.",

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,12 @@ class Monitor:
     """A `mailmon run` process; `wrap` runs it inside a private mount namespace with its own hosts/resolv files."""
 
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None,
-                 hosts: Path | None = None, resolv: Path | None = None) -> None:
+                 hosts: Path | None = None, resolv: Path | None = None, prefix: Sequence[str] = (),
+                 args: Sequence[str] = ()) -> None:
         self.listen = f"127.0.0.1:{free_port()}"
-        command = mailmon_command("run", "--config", str(config), "--listen", self.listen)
+        # `prefix` runs it under a wrapper that execs it, e.g. `prlimit --nofile=1024` (the pid stays mailmon's).
+        command = [*prefix, *mailmon_command("run", "--config", str(config), "--listen", self.listen),
+                   *args]
         if hosts is not None or resolv is not None:
             # A vantage with its own resolver view: glibc re-reads these files on every lookup, so a test can
             # break or repair this vantage's name resolution without touching the machine's.

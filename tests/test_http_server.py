@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from monitor.web import server as server_module
 from monitor.web.server import HttpServer, Request, Response
 
 seen: list[Request] = []
@@ -161,10 +160,9 @@ async def test_client_leaving_mid_request_does_not_hurt(server: HttpServer) -> N
     assert [r.path for r in seen] == ["/hello"]
 
 
-async def test_slow_client_gets_400_after_the_read_timeout(server: HttpServer,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slow_client_gets_400_after_the_read_timeout(server: HttpServer) -> None:
     """A client that never finishes its request head is answered 400 once the read timeout passes."""
-    monkeypatch.setattr(server_module, "_READ_TIMEOUT", 0.1)
+    server.head_timeout = 0.1
     status, _, _ = parse(await exchange(server.port, b"GET /hello HTTP/1.1\r\nHost: x\r\n"))
     assert status == 400
     assert seen == []
@@ -184,3 +182,77 @@ async def test_stop_closes_the_listening_socket() -> None:
     await http.stop()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_connections_over_the_cap_are_closed_at_once_and_counted() -> None:
+    """With the cap taken by idle half-requests, a further client is closed without an answer and counted."""
+    rejected: list[int] = []
+    http = HttpServer({("GET", "/hello"): hello}, max_connections=3, on_rejected=lambda: rejected.append(1))
+    await http.start("127.0.0.1", 0)
+    idle = [await asyncio.open_connection("127.0.0.1", http.port) for _ in range(3)]
+    try:
+        for _, writer in idle:
+            writer.write(b"GET /hello HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)
+        assert http.active == 3
+        assert await exchange(http.port, b"GET /hello HTTP/1.1\r\n\r\n") == b""
+        assert rejected == [1]
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await http.stop()
+
+
+async def test_a_freed_slot_serves_the_next_client() -> None:
+    """Once the idle clients go away, the next request is served again."""
+    http = HttpServer({("GET", "/hello"): hello}, max_connections=2)
+    await http.start("127.0.0.1", 0)
+    idle = [await asyncio.open_connection("127.0.0.1", http.port) for _ in range(2)]
+    for _, writer in idle:
+        writer.close()
+    for _ in range(50):  # the server notices the closes on its next reads
+        if http.active == 0:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        status, _, body = parse(await exchange(http.port, b"GET /hello HTTP/1.1\r\n\r\n"))
+        assert (status, body) == (200, b"hello\n")
+    finally:
+        await http.stop()
+
+
+async def test_a_reader_slower_than_the_write_deadline_is_cut_off() -> None:
+    """A client that never reads a large response is disconnected at the write deadline, freeing its slot."""
+    big = b"x" * (8 * 1024 * 1024)  # far more than the socket buffers hold
+
+    async def large(request: Request) -> Response:
+        return Response(body=big)
+
+    http = HttpServer({("GET", "/big"): large}, write_timeout=0.3)
+    await http.start("127.0.0.1", 0)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", http.port, limit=1024)
+    try:
+        writer.write(b"GET /big HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.2)
+        assert http.active == 1
+        await asyncio.sleep(0.5)
+        assert http.active == 0
+    finally:
+        writer.close()
+        await http.stop()
+
+
+async def test_a_handler_slower_than_its_deadline_gets_503() -> None:
+    """A request whose handler does not answer in time is told 503 with Retry-After, and its slot is freed."""
+    async def stuck(request: Request) -> Response:
+        await asyncio.sleep(60)
+        return Response.text("late\n")
+
+    http = HttpServer({("GET", "/stuck"): stuck}, handler_timeout=0.2)
+    await http.start("127.0.0.1", 0)
+    try:
+        status, headers, _ = parse(await exchange(http.port, b"GET /stuck HTTP/1.1\r\n\r\n"))
+        assert (status, headers.get("retry-after")) == (503, "5")
+        assert http.active == 0
+    finally:
+        await http.stop()

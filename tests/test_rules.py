@@ -40,6 +40,7 @@ RECEIVERS = {
     "MailmonMailboxNearlyFull": "mail-oncall",
     "MailmonSiteFault": "site-owners",
     "MailmonVantageDown": "mailmon-owners",
+    "MailmonLocalResourcesExhausted": "mailmon-owners",
 }
 
 
@@ -157,6 +158,7 @@ def test_alert_routes_to_its_receiver(name: str, receiver: str) -> None:
 @pytest.mark.parametrize(("labels", "receiver"), [
     # The monitor's and the sites' alerts never reach mail on-call, even mislabelled.
     (("alertname=MailmonVantageDown", "team=mail", "severity=critical"), "mailmon-owners"),
+    (("alertname=MailmonLocalResourcesExhausted", "team=mail", "severity=critical"), "mailmon-owners"),
     (("alertname=MailmonSiteFault", "team=mail", "severity=critical"), "site-owners"),
     # Anything unknown goes to the monitor's owners.
     (("alertname=SomethingElse",), "mailmon-owners"),

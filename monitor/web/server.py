@@ -2,7 +2,9 @@
 
 No web framework is in our stack and the needs are modest (a handful of GET/POST routes, one request per
 connection), so this stays ours. Requests are bounded in size and time so a slow or hostile client
-cannot tie the monitor up.
+cannot tie the monitor up: at most `max_connections` at once (the rest are closed at once and counted), the
+request head within a short deadline, the response written within another (a reader taking one byte a second
+is cut off, its buffered body freed). The cap is what keeps the probes' descriptors theirs (issue 18).
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ log = logging.getLogger(__name__)
 
 _MAX_HEAD = 16 * 1024
 _MAX_BODY = 64 * 1024
-_READ_TIMEOUT = 10.0
+# The whole request (head and the small bodies we accept) within this: a scraper sends it in one packet, a
+# half-request held open for longer only holds a descriptor (the flood of issue 18 held them for 10 s).
+HEAD_TIMEOUT = 3.0
+# The response within this: a 5,000-target scrape body leaves in well under a second on loopback; a reader slower
+# than this keeps its whole body in memory until cut off.
+WRITE_TIMEOUT = 30.0
+# Response bodies are written this much at a time (see _write).
+_WRITE_SLICE = 256 * 1024
+# A handler's answer within this, else 503: requests queued behind a busy history or thread pool give up
+# instead of piling up (the connection cap bounds how many wait).
+HANDLER_TIMEOUT = 20.0
 
 
 @dataclass
@@ -52,10 +64,19 @@ class HttpServer:
     """Routes `(method, path)` to handlers; serves until `stop()`."""
 
     def __init__(self, routes: dict[tuple[str, str], Handler],
-                 authorize: Callable[[str | None], Awaitable[bool]] | None = None) -> None:
+                 authorize: Callable[[str | None], Awaitable[bool]] | None = None,
+                 max_connections: int = 64, on_rejected: Callable[[], None] | None = None,
+                 head_timeout: float = HEAD_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
+                 handler_timeout: float = HANDLER_TIMEOUT) -> None:
         self.routes = routes
         # Checks the Authorization header of every request (basic auth from the web config), if set.
         self.authorize = authorize
+        self.max_connections = max_connections
+        self.on_rejected = on_rejected
+        self.head_timeout = head_timeout
+        self.write_timeout = write_timeout
+        self.handler_timeout = handler_timeout
+        self.active = 0  # connections being served now
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
@@ -72,18 +93,29 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.max_connections:
+            # Over the cap: close at once, without reading or answering (an answer could block on a slow peer).
+            writer.transport.abort()
+            if self.on_rejected is not None:
+                self.on_rejected()
+            return
+        self.active += 1
         try:
             try:
-                request = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
+                request = await asyncio.wait_for(_read_request(reader), self.head_timeout)
             except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 if not isinstance(exc, asyncio.IncompleteReadError):
-                    await _write(writer, Response.text("bad request\n", 400), head_only=False)
+                    await asyncio.wait_for(_write(writer, Response.text("bad request\n", 400), head_only=False),
+                                           self.write_timeout)
                 return
             response = await self._dispatch(request)
-            await _write(writer, response, head_only=request.method == "HEAD")
+            await asyncio.wait_for(_write(writer, response, head_only=request.method == "HEAD"), self.write_timeout)
+        except TimeoutError:
+            writer.transport.abort()  # a reader too slow for the deadline: drop its buffered body now
         except (ConnectionError, ssl.SSLError):
             pass  # the client went away; nothing to tell it
         finally:
+            self.active -= 1
             writer.close()
 
     async def _dispatch(self, request: Request) -> Response:
@@ -97,7 +129,10 @@ class HttpServer:
                 return Response(405, b"method not allowed\n", headers={"Allow": ", ".join(allowed)})
             return Response.text("not found\n", 404)
         try:
-            return await handler(request)
+            return await asyncio.wait_for(handler(request), self.handler_timeout)
+        except TimeoutError:
+            log.warning("handler for %s %s timed out", request.method, request.path)
+            return Response(503, b"busy, try again\n", headers={"Retry-After": "5"})
         except Exception:
             log.exception("handler for %s %s failed", request.method, request.path)
             return Response.text("internal error\n", 500)
@@ -136,5 +171,10 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
     head = f"HTTP/1.1 {response.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     writer.write(head.encode("latin-1"))
     if not head_only:
-        writer.write(response.body)  # not concatenated: a scrape's body can be tens of MB
+        # In slices, each drained before the next: the transport copies whatever the socket does not take at once,
+        # so one write of the body would hold a second copy of it per slow reader (tens of MB per scrape).
+        body = memoryview(response.body)
+        for start in range(0, len(body), _WRITE_SLICE):
+            writer.write(body[start:start + _WRITE_SLICE])
+            await writer.drain()
     await writer.drain()

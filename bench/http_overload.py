@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Does a flood of HTTP clients touch the probes? Scheduler lag with an idle HTTP port, with 200 slow /metrics
+readers, and with 200 clients asking /api/history at once — all three phases in one run (issue 18).
+
+A real `monitor.app.App` runs in a child process: --targets targets × (smtp, imap, pop3) against bench/fakes.py's
+plaintext servers on 127.0.0.1, every --interval seconds, with a history file. The child keeps every scheduler
+lag observation raw (the bench wraps `Metrics.record_lag`) and every probe's reported duration, stamped with
+CLOCK_MONOTONIC, so each phase's p50/p99 are exact. Phases (each --phase seconds, after a warm-up interval):
+
+  idle       nobody talks to the HTTP port (the baseline)
+  slow       200 clients each send `GET /metrics` and read the answer one byte a second (receive buffer 1 KiB,
+             so the server's writes really block); a client the server closes reconnects a second later
+  history    200 clients each ask `/api/history?limit=1000` again and again, as fast as answers come
+
+Printed per phase: lag p50/p99/max, probe duration median/p99, HTTP answers by status and connections the server
+closed at once (its cap), the child's peak RSS and descriptors. The goal: lag p99 under load within 2x idle.
+
+Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import machine_line, median, pct, proc_status_kb, stop  # noqa: E402
+
+PHASES = ("idle", "slow", "history")
+
+
+# --- the child: one mailmon App ---------------------------------------------------------------------------------
+
+async def child_main(args: argparse.Namespace) -> None:
+    from monitor.app import App
+    from monitor.config import Auth, CheckSettings, Config, HistorySettings, Secret, Target, TlsSettings
+    from monitor.logs import setup_logging
+    from monitor.result import Result
+
+    setup_logging("warning")
+    ports = json.loads(args.ports)
+    targets = tuple(
+        Target(name=f"t{i:04d}", host="127.0.0.1", tls=TlsSettings(), auth=Auth("probe@bench.test", Secret("bench")),
+               checks=tuple(CheckSettings(name=name, port=int(ports[name]), tls_mode="none", interval=args.interval,
+                                          timeout=args.interval) for name in ("smtp", "imap", "pop3")))
+        for i in range(args.targets))
+    config = Config(vantage="bench", listen=args.listen, interval=args.interval, timeout=args.interval,
+                    concurrency=64, targets=targets, source="<bench>", history=HistorySettings(path=args.history))
+    app = App(config)
+    lags: list[tuple[float, float]] = []
+    record_lag = app.metrics.record_lag
+
+    def observed_lag(seconds: float) -> None:
+        lags.append((time.monotonic(), seconds))
+        record_lag(seconds)
+
+    app.metrics.record_lag = observed_lag  # type: ignore[method-assign]
+    durations: list[tuple[float, float, bool]] = []
+
+    def observed_result(result: Result) -> None:
+        durations.append((time.monotonic(), result.duration_seconds, result.ok))
+
+    app.runner.sinks.append(observed_result)
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
+    await app.start()
+    print(json.dumps({"started": time.monotonic()}), flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), args.max_seconds)
+    await app.stop()
+    Path(args.out).write_text(json.dumps({"lags": lags, "durations": durations}))
+
+
+# --- the parent: the HTTP clients ---------------------------------------------------------------------------------
+
+class Tally:
+    def __init__(self) -> None:
+        self.statuses: dict[str, int] = {}
+        self.closed_at_once = 0
+        self.seconds: list[float] = []
+
+    def add(self, status: str) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+async def slow_reader(port: int, until: float, tally: Tally) -> None:
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < until:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: the window stays small
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            first = True
+            while time.monotonic() < until:
+                byte = await asyncio.wait_for(loop.sock_recv(sock, 1), max(0.01, until - time.monotonic()))
+                if not byte:
+                    if first:
+                        tally.closed_at_once += 1
+                    break
+                if first:
+                    tally.add("answered")
+                first = False
+                await asyncio.sleep(1.0)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            sock.close()
+        await asyncio.sleep(1.0)
+
+
+async def history_client(port: int, until: float, tally: Tally) -> None:
+    while time.monotonic() < until:
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            writer.write(b"GET /api/history?limit=1000 HTTP/1.1\r\nHost: bench\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), max(0.01, until - time.monotonic() + 30))
+            if not data:
+                tally.closed_at_once += 1
+                await asyncio.sleep(0.1)
+            else:
+                tally.add(data.split(b" ", 2)[1].decode())
+                tally.seconds.append(time.monotonic() - started)
+        except (OSError, TimeoutError):
+            tally.closed_at_once += 1  # reset at once: the server's cap
+            await asyncio.sleep(0.1)
+        finally:
+            writer.close()
+
+
+async def load(kind: str, port: int, seconds: float, clients: int) -> Tally:
+    tally = Tally()
+    until = time.monotonic() + seconds
+    client = slow_reader if kind == "slow" else history_client
+    await asyncio.gather(*(client(port, until, tally) for _ in range(clients)))
+    return tally
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--phase", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--ports", "--listen", "--out", "--history"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(child_main(args))
+        return
+    print(machine_line(), f"load={os.getloadavg()[0]:.2f}")
+    work = Path(tempfile.mkdtemp(prefix="mailmon-overload-"))
+    fakes = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fakes.py"), "--max-seconds",
+                              str(4 * args.phase + 300)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert fakes.stdout is not None
+    ports = fakes.stdout.readline().strip()
+    port = free_port()
+    out = work / "child.json"
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", "--targets", str(args.targets), "--interval", str(args.interval),
+         "--ports", ports, "--listen", f"127.0.0.1:{port}", "--out", str(out), "--history", str(work / "h.sqlite"),
+         "--max-seconds", str(4 * args.phase + 200)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    json.loads(child.stdout.readline())
+    try:
+        time.sleep(args.interval)  # warm-up: every check has run once
+        windows: dict[str, tuple[float, float]] = {}
+        tallies: dict[str, Tally] = {}
+        peaks: dict[str, tuple[int, int]] = {}
+        for phase in PHASES:
+            t0 = time.monotonic()
+            if phase == "idle":
+                time.sleep(args.phase)
+                tallies[phase] = Tally()
+            else:
+                tallies[phase] = asyncio.run(load(phase, port, args.phase, args.clients))
+            windows[phase] = (t0, time.monotonic())
+            peaks[phase] = (proc_status_kb(child.pid, "VmHWM"), descriptors(child.pid))
+            time.sleep(2.0)  # let the connections close before the next phase
+    finally:
+        stop(child, 60)
+        stop(fakes, 10, close_stdin=True)
+    data: dict[str, Any] = json.loads(out.read_text())
+    print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
+          "per phase")
+    base = None
+    for phase in PHASES:
+        lo, hi = windows[phase]
+        lags = [v for t, v in data["lags"] if lo <= t <= hi]
+        durs = [d for t, d, _ in data["durations"] if lo <= t <= hi]
+        failed = sum(1 for t, _, ok in data["durations"] if lo <= t <= hi and not ok)
+        p99 = pct(lags, 0.99)
+        base = p99 if phase == "idle" else base
+        ratio = f" ({p99 / base:.2f}x idle)" if base and phase != "idle" else ""
+        tally = tallies[phase]
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items())) or "-"
+        http = (f"answers {answers}; closed at once {tally.closed_at_once}"
+                + (f"; answer p99 {pct(tally.seconds, 0.99) * 1000:.0f} ms" if tally.seconds else ""))
+        print(f"{phase:8s} lag p50 {pct(lags, 0.5) * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms{ratio}  "
+              f"max {max(lags, default=0) * 1000:.1f} ms  ({len(lags)} runs, {failed} failed)  "
+              f"probe duration median {median(durs) * 1000:.2f} ms p99 {pct(durs, 0.99) * 1000:.2f} ms")
+        print(f"         HTTP: {http}; child peak RSS {peaks[phase][0] / 1024:.0f} MB, descriptors at the end "
+              f"{peaks[phase][1]}")
+
+
+if __name__ == "__main__":
+    main()
