@@ -366,3 +366,13 @@ async def test_rejecting_reply_is_the_one_recorded(name: str, code: int, tls_mat
     assert result.smtp_code == code
     assert result.smtp_reply is not None and result.smtp_reply.startswith(str(code))
     assert any(line.startswith(f"S: {code}") for line in result.transcript)
+
+
+async def test_implicit_tls_failure_names_the_real_port(tls_material: TlsMaterial) -> None:
+    """An implicit-TLS SMTP handshake that fails says which port, never "port None"."""
+    case = next(c for c in CASES if c.id == "smtp-implicit-close-on-client-hello")
+    async with FakeServer(case.server(tls_material)) as fake:
+        target = fake_target("smtp", fake.port, tls_mode="implicit", timeout=case.timeout, ca_file=str(tls_material.ca))
+        result = await runner().execute(target, target.checks[0])
+    assert (result.stage, result.reason) == ("tls", "tls_handshake")
+    assert f"on port {fake.port}" in result.detail and "None" not in result.detail, result.detail
