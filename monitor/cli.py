@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if args.command in ("validate", "check"):
+        from monitor.advice import config_warnings
+
+        for warning in config_warnings(config):
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command == "validate":
         checks = sum(len(t.checks) for t in config.targets)
         print(f"{args.config}: OK ({len(config.targets)} targets, {checks} checks, vantage {config.vantage})")
