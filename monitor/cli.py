@@ -133,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"MAILMON UNKNOWN - configuration error in {args.config} (details on stderr)")
             return EXIT_UNKNOWN
         return EXIT_CONFIG
+    if args.command in ("validate", "check"):
+        from monitor.advice import config_warnings
+
+        for warning in config_warnings(config):
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command == "validate":
         checks = sum(len(t.checks) for t in config.targets)
         print(f"{args.config}: OK ({len(config.targets)} targets, {checks} checks, vantage {config.vantage})")

@@ -12,7 +12,7 @@ Rules are tried in order, first match wins (docs/verdicts.md has the table and t
 | 5 | receive_down | every receive-side check fails at the network/service level, and the send side (if any) passes |
 | 6 | tls_problem | some check fails in TLS (untrusted, misnamed or expired certificate, handshake) |
 | 7a | signin_failed | some check cannot get a token from the identity provider (stage `token`) |
-| 7 | auth_failed | some check's credentials are rejected |
+| 7 | auth_failed | some check's credentials are rejected, or its login fails in any other way (timeout included) |
 | 8 | delivery_stalled | a submission was accepted but the message was not delivered by the deadline |
 | 9 | degraded | any other failure (partial, junk folder, cleanup), or some check is slow |
 | 10 | ok | everything passes in good time |
@@ -81,7 +81,10 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
         kind = "vantage"
     elif reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
         kind = "tls"
-    elif reason in ("auth_rejected", "auth_disabled"):
+    elif reason in ("auth_rejected", "auth_disabled") or stage == "auth":
+        # Any failure while logging in, a timeout included, is about the login: servers delay failed logins
+        # (3-5 s is common, Dovecot's penalty reaches 15 s), so a wrong password can end as `auth/timeout`.
+        # The server answered up to AUTH, so this is never an outage of its service.
         kind = "auth"
     elif reason == "not_delivered":
         kind = "delivery"
@@ -198,7 +201,11 @@ def _name(result: Result) -> str:
 
 
 def _failure(result: Result) -> str:
-    return f"{_name(result)} fails at {result.stage} ({result.reason})"
+    text = f"{_name(result)} fails at {result.stage} ({result.reason})"
+    if result.stage == "auth" and result.reason == "timeout":
+        text += (f": login did not complete in {result.duration_seconds:.1f} s — the server may be delaying "
+                 "failed logins")
+    return text
 
 
 def describe(verdict: str, results: list[Result], vantage: str) -> str:

@@ -424,3 +424,24 @@ def test_validate_command_accepts_a_good_config() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{CONFIGS / 'valid-full.yml'}: OK (5 targets, 7 checks, vantage dc1)\n"
     assert "Traceback" not in done.stderr
+
+
+def test_validate_warns_about_a_login_timeout_too_short_for_delayed_failures() -> None:
+    """`validate` warns (exit 0) about a check that logs in with a timeout below common failed-login delays."""
+    done = run_cli("validate", "--config", str(CONFIGS / "valid-full.yml"), env=PASSWORD_ENV)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if ": warning: " in line]
+    assert warnings == [
+        f"{CONFIGS / 'valid-full.yml'}: warning: target mailbox, check imap: timeout 5s is too short for servers "
+        "that delay failed logins (3-5 s is common, Dovecot up to 15 s): a wrong password would end as "
+        "auth/timeout; 10s covers common delays, 20s Dovecot's maximum"]
+
+
+def test_no_login_timeout_warning_for_a_check_without_login(tmp_path: Path) -> None:
+    """A short timeout on a check that does not log in (an MX on port 25) is not warned about."""
+    path = tmp_path / "mx.yml"
+    path.write_text("vantage: v\ntargets:\n  - name: mx\n    host: mx.example.test\n    timeout: 2s\n"
+                    "    smtp:\n      tls: none\n")
+    done = run_cli("validate", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr

@@ -138,6 +138,10 @@ def smtp_tls(cert: str, **acts: object) -> Callable[[TlsMaterial], Behaviour]:
     return lambda tls: SmtpScript(tls=tls.server_context(cert), **acts)  # type: ignore[arg-type]
 
 
+# RFC 3501 7.1.5: a server may say why it closes; the words belong in `detail`.
+BYE_ALERT = b"* BYE [ALERT] System going down for maintenance in 0 minutes\r\n"
+
+
 def imap(**acts: object) -> Callable[[TlsMaterial], Behaviour]:
     return lambda tls: ImapScript(**acts)  # type: ignore[arg-type]
 
@@ -294,6 +298,9 @@ CASES: list[Case] = [
          ("select", "reset")),
     Case("imap-rst-right-after-login", "imap", imap(login=seq(b"{tag} OK Logged in\r\n", RESET)),
          ("select", "reset")),
+    Case("imap-bye-alert-instead-of-select", "imap", imap(select=seq(BYE_ALERT, CLOSE)), ("select", "reset")),
+    Case("imap-bye-alert-right-after-login", "imap", imap(login=seq(b"{tag} OK Logged in\r\n", BYE_ALERT, CLOSE)),
+         ("select", "reset")),
     Case("pop3-close-right-after-accept", "pop3", pop3(greeting=CLOSE), ("greeting", "reset")),
     Case("pop3-rst-after-user", "pop3", pop3(user=RESET), ("auth", "reset")),
 ]
@@ -366,3 +373,20 @@ async def test_rejecting_reply_is_the_one_recorded(name: str, code: int, tls_mat
     assert result.smtp_code == code
     assert result.smtp_reply is not None and result.smtp_reply.startswith(str(code))
     assert any(line.startswith(f"S: {code}") for line in result.transcript)
+
+
+async def test_implicit_tls_failure_names_the_real_port(tls_material: TlsMaterial) -> None:
+    """An implicit-TLS SMTP handshake that fails says which port, never "port None"."""
+    case = next(c for c in CASES if c.id == "smtp-implicit-close-on-client-hello")
+    async with FakeServer(case.server(tls_material)) as fake:
+        target = fake_target("smtp", fake.port, tls_mode="implicit", timeout=case.timeout, ca_file=str(tls_material.ca))
+        result = await runner().execute(target, target.checks[0])
+    assert (result.stage, result.reason) == ("tls", "tls_handshake")
+    assert f"on port {fake.port}" in result.detail and "None" not in result.detail, result.detail
+
+
+@pytest.mark.parametrize("name", ["imap-bye-alert-instead-of-select", "imap-bye-alert-right-after-login"])
+async def test_server_bye_words_are_kept_in_detail(name: str, tls_material: TlsMaterial) -> None:
+    """A `* BYE [ALERT] ...` before the server closes reaches `detail`, not a bare "closed the connection"."""
+    result = await run_case(next(c for c in CASES if c.id == name), tls_material)
+    assert "BYE [ALERT] System going down for maintenance" in result.detail, result.detail

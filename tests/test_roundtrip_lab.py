@@ -101,8 +101,17 @@ async def test_round_trip_delivers_and_cleans_up(lab: Lab, clean_inbox: None, pr
     assert result.via == protocol
     assert 0 < result.phases["delivery"] < 5.0
     assert result.queue_id and result.message_id and result.message_id.endswith("@mailmon.invalid>")
-    assert result.smtp_code == 221
     assert probe_messages(lab) == []
+
+
+async def test_round_trip_keeps_the_whole_reply_to_data(lab: Lab, clean_inbox: None) -> None:
+    """The result keeps the reply to DATA (the one with the queue id), not QUIT's 221."""
+    target = roundtrip_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.smtp_code == 250
+    assert result.smtp_reply is not None and result.queue_id is not None
+    assert result.smtp_reply.endswith(f"queued as {result.queue_id}")
 
 
 async def test_imap_long_tail_uses_idle(lab: Lab, clean_inbox: None) -> None:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from monitor.result import Result
-from monitor.verdict import VERDICTS, Outcome, VerdictBoard, classify_result, decide
+from monitor.verdict import VERDICTS, Outcome, VerdictBoard, classify_result, decide, describe
 
 KINDS = (None, "vantage", "network", "service", "tls", "auth", "other")
 DELIVERY_KINDS = (None, "delivery", "junk", "other")
@@ -158,3 +158,20 @@ def test_board_is_not_ok_before_every_check_reported() -> None:
     assert board.record(result("smtp")) == "ok"
     board.reset({"u": {"smtp", "imap"}}, {})
     assert board.record(result("imap", "connect", "refused", target="u")) == "receive_down"
+
+
+@pytest.mark.parametrize("reason", ["timeout", "reset", "reply_4xx", "reply_5xx", "protocol"])
+def test_login_failure_of_any_reason_is_never_an_outage(reason: str) -> None:
+    """A login that fails in any way (a server delaying a wrong password into `auth/timeout`) reads as auth_failed."""
+    assert decide(classify_result(r) for r in [result("smtp"), result("imap", "auth", reason),
+                                               result("pop3", "auth", reason)]) == "auth_failed"
+    assert decide(classify_result(r) for r in [result("smtp", "auth", reason), result("imap")]) == "auth_failed"
+    assert decide(classify_result(r) for r in [result("smtp", "auth", reason),
+                                               result("imap", "auth", reason)]) == "auth_failed"
+
+
+def test_login_timeout_summary_names_a_delayed_login() -> None:
+    """The plain-words summary of an auth timeout says the server may be delaying failed logins, and the time."""
+    failing = result("imap", "auth", "timeout", duration=4.0)
+    text = describe("auth_failed", [result("smtp"), failing], "v")
+    assert "login did not complete in 4.0 s — the server may be delaying failed logins" in text

@@ -37,6 +37,8 @@ _RESPONSE_LIMIT = 32 * 1024 * 1024
 # thousand short lines in one read (a big SELECT, a chatty server) would raise RecursionError. We feed it
 # at most this many lines per call.
 _LINES_PER_CALL = 200
+# How much of a server's BYE line is kept for `detail`.
+_BYE_KEPT = 300
 
 
 def _pieces(data: bytes) -> Iterator[bytes]:
@@ -66,6 +68,9 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.greeting: asyncio.Future[bytes] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.violation: str | None = None
+        # The last untagged BYE (RFC 3501 7.1.5), e.g. `* BYE [ALERT] shutting down`: the server's own words
+        # for why it closes, which must reach `detail` rather than be lost in the library.
+        self.bye: str | None = None
         self._received = 0
         # During AUTHENTICATE: answers the server's `+` continuation lines (ours, not the library's: it would log
         # the pending command, whose SASL-IR argument carries the token).
@@ -76,6 +81,15 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             self.on_continuation(line)
         else:
             super()._continuation(line)
+
+    def _handle_line(self, line: bytes, current_cmd: aioimaplib.Command | None) -> aioimaplib.Command | None:
+        if line[:6].upper() == b"* BYE ":
+            self.bye = line[:_BYE_KEPT].decode(errors="replace")
+        return super()._handle_line(line, current_cmd)
+
+    def closed_text(self) -> str:
+        """Why the connection went away, in the server's words where it gave any."""
+        return f"the server closed the connection: {self.bye}" if self.bye else "the server closed the connection"
 
     async def welcome(self, command: bytes) -> None:
         if self.greeting.done():
@@ -95,7 +109,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             # The server closed the connection before this command: a reset on every event loop. (asyncio's
             # transport drops the bytes and the loss shows later; uvloop's raises RuntimeError, which would
             # read as a fault of mailmon itself.)
-            raise ConnectionResetError("the server closed the connection")
+            raise ConnectionResetError(self.closed_text())
         super().send(line, scrub=scrub)
 
     def data_received(self, d: bytes) -> None:
@@ -159,7 +173,7 @@ class ImapSession:
         if task in done:
             return task.result()
         task.cancel()
-        raise ConnectionResetError("the server closed the connection")
+        raise ConnectionResetError(self.protocol.closed_text())
 
     async def open(self) -> None:
         """Connect, read the greeting, secure the connection and log in."""

@@ -10,7 +10,6 @@ long tail. The latency reported is from the final `250` of DATA to the poll that
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -30,6 +29,7 @@ from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
 from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
+from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
 
 __all__ = ["RoundTrip"]
@@ -37,7 +37,6 @@ __all__ = ["RoundTrip"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9]+)", re.IGNORECASE)
 # Fast polling right after acceptance: 1 ms apart at first (loopback delivery takes a few ms), growing
 # by 20 % a poll to at most 250 ms apart, for 5 s: about 40 polls, most of them in the first second.
 _FAST_WINDOW = 5.0
@@ -154,9 +153,11 @@ class RoundTrip:
             response = await client.data(message)
             accepted_at = time.perf_counter()
             record_reply(ctx, response)
-            match = _QUEUE_ID.search(response.message)
-            ctx.queue_id = match.group(1) if match else None
+            ctx.queue_id = parse_queue_id(response.message)
             await quit_session(ctx, client)
+            # The reply to DATA, not QUIT's `221`, is the one support needs: whole, whatever the MTA's format
+            # (the transcript cuts long lines; this field does not).
+            ctx.smtp_code, ctx.smtp_reply = response.code, f"{response.code} {response.message}"
         except aiosmtplib.SMTPResponseException as exc:
             record_reply(ctx, aiosmtplib.SMTPResponse(exc.code, exc.message))
             raise

@@ -123,6 +123,11 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
             banner = await client.connect()
         except aiosmtplib.SMTPResponseException as exc:  # a refusing or malformed banner
             raise _rejected(ctx, "greeting", exc) from exc
+        except aiosmtplib.SMTPConnectError as exc:
+            # Given our socket, aiosmtplib knows no port and says "on port None": name the real one, keep the
+            # cause (the TLS or OS error under it) for classification.
+            cause = exc.__cause__ or exc
+            raise type(exc)(f"Error connecting to {target.host} on port {check.port}: {cause}") from cause
         _expect(ctx, banner, "greeting", 220)
         helo = client.local_hostname or "localhost"
         ctx.step("ehlo")
