@@ -241,7 +241,7 @@ def _auth_failure(response: aiosmtplib.SMTPResponse, name: str, challenge: str) 
     elif response.code in _AUTH_REJECTED:
         reason = "auth_rejected"
     else:
-        reason = reply_reason(response.code)
+        reason = smtp_reply_reason(response.code, response.message)
     detail = f"AUTH {name}: {response.code} {response.message}" + (f" ({challenge})" if challenge else "")
     return ProbeError("auth", reason, detail, smtp_code=response.code)
 
