@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import Lab, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
+from tests.tools import tool
 
 pytestmark = pytest.mark.lab
 
@@ -89,8 +89,7 @@ async def _flood(port: int, seconds: float) -> None:
 @pytest.fixture
 def flooded_monitor(tmp_path: Path, lab: Lab) -> Iterator[tuple[Monitor, Path]]:
     lab.control("fault", "reset")
-    prlimit = shutil.which("prlimit")
-    assert prlimit is not None, "prlimit (util-linux) is needed"
+    prlimit = tool("prlimit", package="util-linux")
     config = _config(tmp_path, lab)
     monitor = Monitor(config, tmp_path / "monitor.log", prefix=[prlimit, f"--nofile={NOFILE}"])
     try:
@@ -142,8 +141,7 @@ def _gauge(monitor: Monitor, name: str) -> float:
 
 def test_connection_cap_is_lowered_to_keep_the_probes_descriptors(tmp_path: Path, lab: Lab) -> None:
     """--web.max-connections 500 under nofile=512 is lowered to 512 - (64 + 4 x 64) = 192, with a warning."""
-    prlimit = shutil.which("prlimit")
-    assert prlimit is not None, "prlimit (util-linux) is needed"
+    prlimit = tool("prlimit", package="util-linux")
     monitor = Monitor(_config(tmp_path, lab), tmp_path / "monitor.log", prefix=[prlimit, "--nofile=512"],
                       args=["--web.max-connections", "500"])
     try:

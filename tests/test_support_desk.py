@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Lab, free_port, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
+from tests.tools import tool
 
 pytestmark = pytest.mark.lab
 
@@ -166,8 +167,7 @@ def test_change_window_series_and_summary(monitors: list[Monitor]) -> None:
 
 def test_status_page_form_answers_in_chromium(monitors: list[Monitor], tmp_path: Path) -> None:
     """The page's "a user reports" form, submitted in headless Chromium, shows the server-computed answer."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    assert Path(chromium).exists(), "the chromium Debian package is required for the page test"
+    chromium = tool("chromium", package="chromium")
     url = f"{monitors[0].url}/?{urllib.parse.urlencode({'error': '0x800CCC13', 'target': 'lab'})}"
     shot = tmp_path / "answer.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
