@@ -354,10 +354,9 @@ class App:
             windows = []
             if rows:
                 times = [float(row["started_at"]) for row in rows]
+                # The windows of the page's time span, beside the rows: rows keep the fields `mailmon history
+                # --json` prints.
                 windows = calendars.windows(min(times), max(times) + 1.0)
-                for row in rows:
-                    at = float(row["started_at"])
-                    row["change_windows"] = [w.change for w in windows if w.start <= at < w.end]
             return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
                           "change_windows": [w.as_json() for w in windows]})
 
