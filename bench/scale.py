@@ -19,6 +19,9 @@ own process; their CPU is reported apart. This process watches the child from ou
 
 Usage: python bench/scale.py [--targets 100,1000,5000] [--window 180] [--interval 60] [--concurrency 64]
                              [--scrape-every 15] [--failure-series all|on_failure] [--profile SECONDS]
+                             [--before REF]
+--before REF: first run every N on the monitor code of git REF (`git archive` into a temporary directory, driven
+by this same harness), then on this checkout: before and after figures from one run of the bench.
 --profile: py-spy samples the child (100 Hz, only the thread holding the GIL, stacks by thread) for SECONDS
 starting after the first interval; the figures of that run then include py-spy's overhead.
 """
@@ -63,6 +66,8 @@ SAMPLE = re.compile(rb"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)", re.MULTIL
 # --- the child: one mailmon App ---------------------------------------------------------------------------------
 
 async def child_main(args: argparse.Namespace) -> None:
+    if args.code:  # the monitor of another revision (--before), ahead of this checkout's
+        sys.path.insert(0, args.code)
     from monitor.app import App
     from monitor.config import Auth, CheckSettings, Config, Secret, Target, TlsSettings
     from monitor.logs import setup_logging
@@ -76,10 +81,12 @@ async def child_main(args: argparse.Namespace) -> None:
                                      timeout=15.0) for name in ("smtp", "imap", "pop3"))
         targets.append(Target(name=f"t{i:05d}", host="127.0.0.1", tls=TlsSettings(),
                               auth=Auth("probe@bench.test", Secret("bench")), checks=checks))
+    # No --failure-series: the config's default of the code under test.
+    extra = {"failure_series": args.failure_series} if args.failure_series else {}
     config = Config(vantage="bench", listen=args.listen, interval=args.interval, timeout=15.0,
-                    concurrency=args.concurrency, targets=tuple(targets), source="<bench>",
-                    failure_series=args.failure_series)
+                    concurrency=args.concurrency, targets=tuple(targets), source="<bench>", **extra)
     app = App(config)
+    print(json.dumps({"failure_series": config.failure_series}), flush=True)
     loop = asyncio.get_running_loop()
     lags: list[tuple[float, float]] = []
     record_lag = app.metrics.record_lag
@@ -180,7 +187,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_one(n: int, args: argparse.Namespace, workdir: Path, code: str = "") -> dict[str, Any]:
     fakes = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fakes.py"), "--max-seconds",
                               str(args.window + 300)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert fakes.stdout is not None and fakes.stdin is not None
@@ -191,9 +198,11 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--targets", str(n), "--ports", ports, "--listen", f"127.0.0.1:{port}",
          "--interval", str(args.interval), "--concurrency", str(args.concurrency), "--out", str(out),
-         "--max-seconds", str(args.window + 120), "--failure-series", args.failure_series],
+         "--max-seconds", str(args.window + 120), "--code", code,
+         *(["--failure-series", args.failure_series] if args.failure_series else [])],
         stdout=subprocess.PIPE, stderr=log, text=True)
     assert child.stdout is not None
+    failure_series = json.loads(child.stdout.readline())["failure_series"]
     json.loads(child.stdout.readline())  # started
     t_start = time.monotonic()
     cpu_start, fakes_cpu_start = proc_cpu(child.pid), proc_cpu(fakes.pid)
@@ -285,7 +294,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     series = sum(1 for line in last_body.splitlines() if line and not line.startswith(b"#"))
     result: dict[str, Any] = {
         "targets": n, "checks": checks, "interval": args.interval, "concurrency": args.concurrency,
-        "scrape_every": args.scrape_every, "failure_series": args.failure_series,
+        "scrape_every": args.scrape_every, "failure_series": failure_series, "code": code or "this checkout",
         "window_s": window,
         "runs_total": metrics.get("mailmon_check_runs_total", 0.0),
         "scheduled_rate_per_s": checks / args.interval,
@@ -325,7 +334,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "scrape_max_s": max(s["seconds"] for s in scrapes),
         "scrape_n": len(scrapes),
         "scrape_bytes": scrapes[-1]["bytes"], "scrape_wire_bytes": scrapes[-1]["wire"], "gzip": args.gzip,
-        "series": series,
+        "series": series, "series_per_check": series / checks,
         "fakes_served": served,
         "scrapes": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items() if not k.startswith("mono")}
                     for s in scrapes],
@@ -340,7 +349,8 @@ def report(r: dict[str, Any]) -> None:
     def f(x: Any, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
         return "n/a" if x is None or x != x else f"{x * scale:.{digits}f}{unit}"
 
-    print(f"\n== N={r['targets']} targets, {r['checks']} checks, interval {r['interval']:.0f}s, "
+    print(f"\n== code: {r['code']}")
+    print(f"== N={r['targets']} targets, {r['checks']} checks, interval {r['interval']:.0f}s, "
           f"concurrency {r['concurrency']}, window {r['window_s']:.0f}s, /metrics GET every "
           f"{r['scrape_every']:g}s (0: only at the end), metrics.failure_series: {r['failure_series']}")
     print(f"  scheduled rate          {r['scheduled_rate_per_s']:.1f} checks/s")
@@ -371,12 +381,18 @@ def report(r: dict[str, Any]) -> None:
           f"{r['rss_end_mb']:.0f} MB after the final GET; VmHWM {r['vmhwm_mb']:.0f} MB")
     print(f"  /metrics                median {f(r['scrape_median_s'], ' ms', 1000, 1)}, max "
           f"{f(r['scrape_max_s'], ' ms', 1000, 1)} over {r['scrape_n']} GETs; {r['scrape_bytes'] / 1e6:.2f} MB, "
-          f"{r['series']} samples; {r['scrape_wire_bytes'] / 1e6:.2f} MB on the wire "
+          f"{r['series']} samples ({r['series_per_check']:.1f} per check); "
+          f"{r['scrape_wire_bytes'] / 1e6:.2f} MB on the wire "
           f"({'Accept-Encoding: gzip' if r['gzip'] else 'no gzip asked'}; time to the last byte)")
     if "profile" in r:
         p = r["profile"]
         print(f"  profile (py-spy --gil --threads, {p['samples']} samples at 100 Hz, raw: {p['file']})")
         print_profile(p["self"], p["inclusive"], p["samples"], n_self=20, n_incl=40)
+
+
+def revision(ref: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def main() -> int:
@@ -391,8 +407,10 @@ def main() -> int:
                                                                    "starting after the first interval (0: off)")
     parser.add_argument("--no-gzip", dest="gzip", action="store_false",
                         help="scrape without Accept-Encoding: gzip (Prometheus sends it; the default does too)")
-    parser.add_argument("--failure-series", choices=("all", "on_failure"), default="all",
-                        help="the monitor's metrics.failure_series (default all, the config default)")
+    parser.add_argument("--failure-series", choices=("all", "on_failure"), default=None,
+                        help="the monitor's metrics.failure_series (default: the config's default)")
+    parser.add_argument("--before", metavar="REF",
+                        help="also run every N on the monitor code of git REF first (e.g. main): before/after")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     # The child process (internal).
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -400,6 +418,7 @@ def main() -> int:
     parser.add_argument("--listen", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
+    parser.add_argument("--code", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.targets = int(args.targets)
@@ -413,11 +432,22 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="mailmon-scale-") as tmp:
         workdir = Path(tmp) if not args.profile else Path(tempfile.mkdtemp(prefix="mailmon-scale-prof-"))
+        codes = [""]
+        if args.before:
+            before = Path(tmp) / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "monitor"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            codes.insert(0, str(before))
+            print(f"before: monitor/ of {args.before} ({revision(args.before)}); after: this checkout "
+                  f"({revision('HEAD')}, plus uncommitted changes if any)")
         for n in sizes:
-            r = run_one(n, args, workdir)
-            report(r)
-            results.append(r)
-            sys.stdout.flush()
+            for code in codes:
+                r = run_one(n, args, workdir, code)
+                report(r)
+                results.append(r)
+                sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\nload average after: {os.getloadavg()}")

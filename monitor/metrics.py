@@ -1,9 +1,12 @@
 """Every Prometheus metric mailmon exports, defined once, and the only place their values are set.
 
-Series for every configured (target, check) are created when the target is added, so a check that has
-never failed still shows `mailmon_check_failures_total 0` for each way it could fail (unless the config
-says `metrics.failure_series: on_failure`), and a missing series never reads as "healthy". Gauges start
-at 0: success 0 means "not shown to work yet", and a timestamp or certificate expiry of 0 means "unknown".
+Series for every configured (target, check) are created when the target is added, so a missing series never
+reads as "healthy". Gauges start at 0: success 0 means "not shown to work yet", and a timestamp or certificate
+expiry of 0 means "unknown". The failure counters are the exception (issue 14): by default
+(`metrics.failure_series: on_failure`) a (stage, reason) pair's counter appears with its first failure, at 1,
+which `increase()` cannot see; `mailmon_check_current_failure` carries that failure's stage and reason until
+the next run, so rules that read it beside the counters miss no first failure (prometheus/rules/,
+docs/metrics.md). With `failure_series: all` every pair a check can produce exists from the start at 0.
 """
 
 from __future__ import annotations
@@ -105,8 +108,8 @@ def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
 class _CheckState:
     """The values behind one (target, check)'s series, and its label text."""
 
-    __slots__ = ("cert_expiry", "check", "duration", "failures", "labels", "last_attempt", "last_success", "phases",
-                 "rest", "runs", "skipped", "smtp_code", "success")
+    __slots__ = ("cert_expiry", "check", "current", "duration", "failures", "labels", "last_attempt", "last_success",
+                 "phases", "rest", "runs", "skipped", "smtp_code", "success")
 
     def __init__(self, vantage: str, target: str, check: str, via: str, phases: Iterable[str],
                  failures: Iterable[tuple[str, str]], smtp_code: bool) -> None:
@@ -120,6 +123,8 @@ class _CheckState:
         self.smtp_code: float | None = 0.0 if smtp_code else None
         self.phases: dict[str, float] = dict.fromkeys(phases, 0.0)
         self.failures: dict[tuple[str, str], float] = dict.fromkeys(failures, 0.0)
+        # The (stage, reason) of the last run if it failed, else None (mailmon_check_current_failure).
+        self.current: tuple[str, str] | None = None
 
 
 class _RoundtripState:
@@ -145,10 +150,11 @@ class Metrics:
     everything; `/metrics` serves `exposition()`, which joins the pre-rendered text.
     """
 
-    def __init__(self, registry: CollectorRegistry, vantage: str, failure_series: str = "all") -> None:
+    def __init__(self, registry: CollectorRegistry, vantage: str, failure_series: str = "on_failure") -> None:
         self.vantage = vantage
-        # "all": every failure counter a check can produce exists from the start, at 0; "on_failure": a
-        # counter appears with its first failure (config `metrics.failure_series`, docs/metrics.md).
+        # "on_failure" (the default since issue 14): a failure counter appears with its first failure; "all":
+        # every failure counter a check can produce exists from the start, at 0 (config `metrics.failure_series`,
+        # docs/metrics.md). At 5,000 targets "all" is ~36 zero counters per check, 70 % of a scrape.
         self.precreate_failures = failure_series == "all"
         text = self._text = Exposition()
         self.success = text.family("mailmon_check_success", "gauge",
@@ -160,6 +166,9 @@ class Metrics:
         self.runs = text.family("mailmon_check_runs_total", "counter", "Runs of the check, successful or not.")
         self.failures = text.family("mailmon_check_failures_total", "counter",
                                     "Failed runs of the check, by stage and reason.")
+        self.current_failure = text.family("mailmon_check_current_failure", "gauge",
+            "1 while the last run of the check failed, labelled with its stage and reason; 0 (stage and reason "
+            "empty) after a success or before the first run.")
         self.skipped = text.family("mailmon_check_skipped_total", "counter",
             "Runs skipped because the previous run of the check was still going when it was due.")
         self.last_attempt = text.family("mailmon_check_last_attempt_timestamp_seconds", "gauge",
@@ -241,7 +250,14 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The body of a scrape: every series of this monitor in the text format."""
-        return self._text.render() + generate_latest(self._rest)
+        return b"".join(self.exposition_parts())
+
+    def exposition_parts(self) -> list[bytes]:
+        """The body of a scrape in pieces, taken in a few milliseconds (references to the pre-rendered chunks,
+        which are replaced, never changed): join them off the event loop (`b"".join`), as `/metrics` does."""
+        parts = self._text.parts()
+        parts.append(generate_latest(self._rest))
+        return parts
 
     def add_target(self, target: Target) -> None:
         """Create every series of the target's checks, so they exist before the first run (again: no change)."""
@@ -269,7 +285,8 @@ class Metrics:
         for check in target.checks:
             owner = (target.name, check.key)
             self._checks.pop(owner, None)
-            for family in (self.success, self.duration, self.phase, self.runs, self.failures, self.skipped,
+            for family in (self.success, self.duration, self.phase, self.runs, self.failures, self.current_failure,
+                           self.skipped,
                            self.last_attempt, self.last_success, self.smtp_code, self.cert_expiry, self.quota_ratio,
                            self.quota_limit, self.quota_warning):
                 family.drop(owner)
@@ -298,6 +315,11 @@ class Metrics:
             pair = (result.stage, result.reason)
             state.failures[pair] = state.failures.get(pair, 0.0) + 1
             self._render_failures(owner, state)
+        current = None if result.ok or result.stage is None or result.reason is None else (result.stage,
+                                                                                             result.reason)
+        if current != state.current:  # re-rendered only when the failure changes (its labels, or its end)
+            state.current = current
+            self._render_current(owner, state)
         # Steps a failed run never reached are zeroed: a stale time from an older run would mislead.
         phases = state.phases
         for phase in phases:
@@ -390,6 +412,7 @@ class Metrics:
         self._render_check(owner, state)
         self.skipped.set_one(owner, state.labels, state.skipped)
         self._render_failures(owner, state)
+        self._render_current(owner, state)
         return state
 
     def _render_check(self, owner: tuple[str, str], state: _CheckState) -> None:
@@ -415,6 +438,12 @@ class Metrics:
         self.quota_limit.set(owner, (("", f'{check},resource="{name}",{rest}',
                                       float(limit * 1024 if name == "STORAGE" else limit))
                                      for name, (_, limit) in sorted(quota.items())))
+
+    def _render_current(self, owner: tuple[str, str], state: _CheckState) -> None:
+        """One series per check: the current failure's stage and reason at 1, or empty ones at 0."""
+        stage, reason = state.current or ("", "")
+        self.current_failure.set_one(owner, f'{state.check},reason="{reason}",stage="{stage}",{state.rest}',
+                                     0.0 if state.current is None else 1.0)
 
     def _render_failures(self, owner: tuple[str, str], state: _CheckState) -> None:
         check, rest = state.check, state.rest
