@@ -137,3 +137,17 @@ def test_values_format_as_prometheus_client_does() -> None:
 
     for value in (0.0, 1.0, 999.0, 1000.0, 0.25, 1e-7, 1_700_000_000.5, 1.8e9, float("inf"), -2.0):
         assert format_value(value) == floatToGoString(value)
+
+
+def test_parts_taken_before_a_result_join_to_the_scrape_of_that_moment() -> None:
+    """`/metrics` takes the pieces on the loop and joins them in a thread while results keep arriving: the pieces
+    are the exposition of the moment they were taken, not a mix with later results."""
+    metrics = Metrics(CollectorRegistry(), VANTAGE)
+    metrics.add_target(target())
+    metrics.record(result(ok=False))
+    before = metrics.exposition()
+    parts = metrics.exposition_parts()
+    metrics.record(result())
+    metrics.set_verdict(AWKWARD, "ok")
+    assert b"".join(parts) == before
+    assert metrics.exposition() != before

@@ -34,7 +34,9 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> Metrics:
-    m = Metrics(registry, VANTAGE)
+    """`metrics.failure_series: all`, so every failure counter exists at 0 (the default model: see the tests of
+    `on_failure` and `mailmon_check_current_failure` below)."""
+    m = Metrics(registry, VANTAGE, failure_series="all")
     m.add_target(make_target())
     return m
 
@@ -199,10 +201,11 @@ def test_target_can_be_added_again_after_removal(registry: CollectorRegistry, me
     assert set(failure_counts(registry).values()) == {0.0}
 
 
-def test_on_failure_mode_creates_a_failure_counter_with_its_first_failure() -> None:
-    """`metrics.failure_series: on_failure`: no zero failure counters up front, the failing pair appears at 1."""
+def test_by_default_a_failure_counter_appears_with_its_first_failure() -> None:
+    """The default (`metrics.failure_series: on_failure`): no zero failure counters up front, the failing pair
+    appears at 1."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry, VANTAGE, failure_series="on_failure")
+    metrics = Metrics(registry, VANTAGE)
     metrics.add_target(make_target())
     assert failure_counts(registry) == {}
     assert registry.get_sample_value("mailmon_check_success", labels()) == 0.0  # the other series still exist
@@ -211,3 +214,67 @@ def test_on_failure_mode_creates_a_failure_counter_with_its_first_failure() -> N
     metrics.record(failed_result("tls", "cert_expired"))
     assert failure_counts(registry) == {("connect", "refused"): 2.0, ("tls", "cert_expired"): 1.0}
     assert failure_counts(registry, check="imap") == {}
+
+
+def current_failures(registry: CollectorRegistry, check: str = "smtp") -> dict[tuple[str, str], float]:
+    """The check's mailmon_check_current_failure series, by (stage, reason)."""
+    return {(s.labels["stage"], s.labels["reason"]): s.value
+            for family in registry.collect() for s in family.samples
+            if s.name == "mailmon_check_current_failure" and s.labels["target"] == "mx1"
+            and s.labels["check"] == check}
+
+
+def test_current_failure_is_one_empty_series_at_0_before_the_first_run() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry, VANTAGE).add_target(make_target())
+    assert current_failures(registry) == {("", ""): 0.0}
+    assert current_failures(registry, check="imap") == {("", ""): 0.0}
+
+
+def test_current_failure_carries_the_last_runs_stage_and_reason() -> None:
+    """One series per check: the failure of the last run at 1, so a pair's first failure is visible although its
+    counter only appears then; it follows the failure as it changes."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, VANTAGE)
+    metrics.add_target(make_target())
+    metrics.record(failed_result("connect", "refused"))
+    assert current_failures(registry) == {("connect", "refused"): 1.0}
+    metrics.record(failed_result("tls", "cert_expired"))
+    assert current_failures(registry) == {("tls", "cert_expired"): 1.0}
+    assert current_failures(registry, check="imap") == {("", ""): 0.0}
+
+
+def test_current_failure_reads_0_with_no_stage_after_a_success() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, VANTAGE)
+    metrics.add_target(make_target())
+    metrics.record(failed_result("connect", "refused"))
+    metrics.record(ok_result())
+    assert current_failures(registry) == {("", ""): 0.0}
+
+
+def test_current_failure_in_all_mode_too(registry: CollectorRegistry, metrics: Metrics) -> None:
+    metrics.record(failed_result("auth", "auth_rejected"))
+    assert current_failures(registry) == {("auth", "auth_rejected"): 1.0}
+
+
+def test_remove_target_drops_its_current_failure(registry: CollectorRegistry, metrics: Metrics) -> None:
+    metrics.record(failed_result())
+    metrics.remove_target(make_target())
+    assert current_failures(registry) == {}
+
+
+def test_at_most_20_series_per_check_by_default() -> None:
+    """Issue 14's budget at the scale benchmark's shape (smtp, imap, pop3 with logins, `tls: none`), after a
+    failure of each check: every series of a target, its verdict state set included, over its checks."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, VANTAGE)
+    checks = tuple(CheckSettings(name=name, port=port, tls_mode="none", interval=60.0, timeout=15.0, use_auth=True)
+                   for name, port in (("smtp", 25), ("imap", 143), ("pop3", 110)))
+    metrics.add_target(Target(name="mx1", host="mail.example.test", tls=TlsSettings(), auth=Auth("u", Secret("p")),
+                              checks=checks))
+    for check in ("smtp", "imap", "pop3"):
+        metrics.record(Result(target="mx1", check=check, vantage=VANTAGE, ok=False, started_at=1.0,
+                              duration_seconds=0.1, phases={"dns": 0.001}, stage="connect", reason="refused"))
+    per_target = sum(1 for family in registry.collect() for s in family.samples if s.labels.get("target") == "mx1")
+    assert per_target / len(checks) <= 20
