@@ -6,16 +6,27 @@ GIL in whatever thread it ran, and starved the probes (bench/scale.py, docs/benc
 one pre-rendered chunk of text per owner (a target's check, or a target): a new result re-renders the few lines of
 its own chunks (microseconds, spread over the run), and a scrape is one `bytes.join` over the chunks.
 
-Everything here is touched from the event loop thread only, so it needs no locks.
+Everything here is changed from the event loop thread only, so it needs no locks. A scrape takes references on the
+loop (`parts`, `gzip_snapshot`) and builds its body in a worker thread (`gzip_body`): a chunk is replaced, never
+changed, so what the loop took stays consistent.
+
+gzip (Prometheus asks for it) would cost more than the join: ~150 ms of zlib per scrape of 5,000 targets. Most
+families hardly change between two scrapes (success, skips, verdicts, current failures, reply codes), so each
+family is compressed on its own as a piece of one deflate stream (a full flush makes it independent of what comes
+before) and kept until the family's text changes; a scrape compresses only the families that changed and joins the
+pieces into one gzip member (RFC 1951/1952), its CRC-32 combined from the families' (`crc32_combine`).
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Exposition", "Family", "format_value", "label_text"]
+__all__ = ["Exposition", "Family", "crc32_combine", "format_value", "label_text"]
 
 # Values that most samples carry (zero counters, success 0/1, small counts): formatted once.
 _COMMON = {float(i): f"{i}.0" for i in range(1000)}
@@ -46,20 +57,92 @@ class Family:
         doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
         self.header = f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode()
         self.chunks: dict[Hashable, bytes] = {}
+        # Goes up whenever the family's text changes (not when a run re-renders the same lines): a compressed
+        # copy of an older version is stale.
+        self.version = 0
+
+    def _put(self, owner: Hashable, text: bytes) -> None:
+        if self.chunks.get(owner) != text:
+            self.chunks[owner] = text
+            self.version += 1
 
     def set(self, owner: Hashable, samples: Iterable[tuple[str, str, float]]) -> None:
         """Replace the owner's lines with `samples`: (sample name suffix, label text, value) each."""
         name = self.name
-        self.chunks[owner] = "".join(
+        self._put(owner, "".join(
             f"{name}{suffix}{{{labels}}} {format_value(value)}\n" for suffix, labels, value in samples
-        ).encode()
+        ).encode())
 
     def set_one(self, owner: Hashable, labels: str, value: float) -> None:
         """Replace the owner's lines with one sample (most families have one per owner)."""
-        self.chunks[owner] = f"{self.name}{{{labels}}} {format_value(value)}\n".encode()
+        self._put(owner, f"{self.name}{{{labels}}} {format_value(value)}\n".encode())
 
     def drop(self, owner: Hashable) -> None:
-        self.chunks.pop(owner, None)
+        if self.chunks.pop(owner, None) is not None:
+            self.version += 1
+
+
+@dataclass(frozen=True)
+class _Deflated:
+    """One family's text as a piece of a raw deflate stream (ends in a full flush, no final block)."""
+
+    version: int
+    crc: int
+    size: int
+    data: bytes
+
+
+def _deflate(text: bytes, version: int = 0) -> _Deflated:
+    # Level 1, as gzip.compress(body, 1) before: ~25x smaller at a fraction of level 6's time.
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return _Deflated(version, zlib.crc32(text), len(text),
+                     compressor.compress(text) + compressor.flush(zlib.Z_FULL_FLUSH))
+
+
+# CRC-32 of concatenated data from the parts' CRCs (zlib's crc32_combine, which Python's zlib does not expose):
+# polynomial arithmetic modulo the CRC polynomial, reflected as zlib computes it.
+_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if a & (m - 1) == 0:
+                return product
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+def _x2n_table() -> list[int]:
+    """x^(2^k) modulo the polynomial, k = 0..31."""
+    table, p = [], 1 << 30  # x^1
+    for _ in range(32):
+        table.append(p)
+        p = _multmodp(p, p)
+    return table
+
+
+_X2N = _x2n_table()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B) (~0.1 ms, whatever the lengths)."""
+    p, k, n = 1 << 31, 3, len2  # x^0; multiply crc1 by x^(8 * len2)
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
+# gzip member header: deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# An empty final block (fixed Huffman codes), which ends the deflate stream after the flushed pieces.
+_FINAL_BLOCK = b"\x03\x00"
 
 
 class Exposition:
@@ -67,6 +150,9 @@ class Exposition:
 
     def __init__(self) -> None:
         self.families: list[Family] = []
+        # Each family's latest compressed text; written by the worker threads that build gzip bodies (whole-value
+        # assignments, so no lock), read on the loop.
+        self._deflated: dict[str, _Deflated] = {}
 
     def family(self, name: str, kind: str, documentation: str) -> Family:
         family = Family(name, kind, documentation)
@@ -86,3 +172,37 @@ class Exposition:
                 parts.append(family.header)
                 parts.extend(family.chunks.values())
         return parts
+
+    def gzip_snapshot(self) -> list[_Deflated | tuple[str, int, list[bytes]]]:
+        """What a gzip body needs, taken on the loop: each family's compressed text where it is current, else its
+        name, version and pieces (references only) for `gzip_body` to compress."""
+        snapshot: list[_Deflated | tuple[str, int, list[bytes]]] = []
+        for family in self.families:
+            if not family.chunks:
+                continue
+            cached = self._deflated.get(family.name)
+            if cached is not None and cached.version == family.version:
+                snapshot.append(cached)
+            else:
+                snapshot.append((family.name, family.version, [family.header, *family.chunks.values()]))
+        return snapshot
+
+    def gzip_body(self, snapshot: list[_Deflated | tuple[str, int, list[bytes]]], tail: bytes = b"") -> bytes:
+        """A gzip member (level 1) of the snapshot's text followed by `tail`; meant for a worker thread (zlib and
+        bytes.join let go of the GIL). Families compressed here are kept for the next scrape."""
+        pieces: list[_Deflated] = []
+        for item in snapshot:
+            if isinstance(item, _Deflated):
+                pieces.append(item)
+            else:
+                name, version, parts = item
+                deflated = self._deflated[name] = _deflate(b"".join(parts), version)
+                pieces.append(deflated)
+        if tail:
+            pieces.append(_deflate(tail))
+        crc, size = 0, 0
+        for piece in pieces:
+            crc = crc32_combine(crc, piece.crc, piece.size) if size else piece.crc
+            size += piece.size
+        trailer = struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+        return b"".join([_GZIP_HEADER, *(piece.data for piece in pieces), _FINAL_BLOCK, trailer])

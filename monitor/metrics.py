@@ -12,7 +12,7 @@ docs/metrics.md). With `failure_series: all` every pair a check can produce exis
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -258,6 +258,16 @@ class Metrics:
         parts = self._text.parts()
         parts.append(generate_latest(self._rest))
         return parts
+
+    def scrape(self, compress: bool) -> Callable[[], bytes]:
+        """What `/metrics` serves, in two halves: this call (on the event loop, a few ms) takes references to the
+        series; the function it returns builds the body (join, and gzip at level 1 if `compress`) and is meant for
+        a worker thread. gzip recompresses only the families that changed since the last compressed scrape."""
+        if not compress:
+            parts = self.exposition_parts()
+            return lambda: b"".join(parts)
+        snapshot, rest = self._text.gzip_snapshot(), generate_latest(self._rest)
+        return lambda: self._text.gzip_body(snapshot, rest)
 
     def add_target(self, target: Target) -> None:
         """Create every series of the target's checks, so they exist before the first run (again: no change)."""

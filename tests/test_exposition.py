@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings
-from monitor.exposition import Exposition, format_value
+from monitor.exposition import Exposition, crc32_combine, format_value
 from monitor.metrics import ROUNDTRIP_BUCKETS, Metrics
 from monitor.result import Result, TlsFacts
 
@@ -151,3 +153,41 @@ def test_parts_taken_before_a_result_join_to_the_scrape_of_that_moment() -> None
     metrics.set_verdict(AWKWARD, "ok")
     assert b"".join(parts) == before
     assert metrics.exposition() != before
+
+
+def test_crc32_combine_is_the_crc_of_the_concatenation() -> None:
+    first, second = b"mailmon_check_success 1.0\n" * 300, AWKWARD.encode() * 7
+    assert crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == zlib.crc32(first + second)
+
+
+def gunzip_one_member(body: bytes) -> bytes:
+    """The body as a single gzip member must hold all of it (clients that stop after the first member exist)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    text = inflater.decompress(body)
+    assert inflater.eof and not inflater.unused_data
+    return text
+
+
+def test_gzip_scrape_is_one_member_with_the_whole_exposition() -> None:
+    metrics = Metrics(CollectorRegistry(), VANTAGE)
+    metrics.add_target(target())
+    metrics.record(result(ok=False))
+    assert gunzip_one_member(metrics.scrape(compress=True)()) == metrics.exposition()
+
+
+def test_gzip_scrape_after_changes_is_the_new_exposition() -> None:
+    """Families compressed for an earlier scrape are reused only while their text is unchanged."""
+    metrics = Metrics(CollectorRegistry(), VANTAGE)
+    metrics.add_target(target())
+    metrics.scrape(compress=True)()
+    metrics.record(result())
+    metrics.set_verdict(AWKWARD, "ok")
+    assert gunzip_one_member(metrics.scrape(compress=True)()) == metrics.exposition()
+    metrics.remove_target(target())
+    assert gunzip_one_member(metrics.scrape(compress=True)()) == metrics.exposition()
+
+
+def test_plain_scrape_is_the_exposition() -> None:
+    metrics = Metrics(CollectorRegistry(), VANTAGE)
+    metrics.add_target(target())
+    assert metrics.scrape(compress=False)() == metrics.exposition()
