@@ -63,14 +63,15 @@ def _successes(body: bytes) -> dict[tuple[str, str], float]:
 
 
 def test_every_series_exists_before_the_first_run(monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
-    """Right after start, every (target, check) has its success and failure series."""
+    """Right after start, every (target, check) has its success and current-failure series (failure counters
+    appear with their first failure: metrics.failure_series defaults to on_failure)."""
     base, _, _ = monitor_process
     status, body = http_get(base + "/metrics")
     assert status == 200
     assert set(_successes(body)) == {("lab", "smtp"), ("lab", "imap"), ("lab", "pop3"), ("lab-wrong-password", "smtp")}
-    refused = (b'mailmon_check_failures_total{check="smtp",reason="refused",stage="connect",target="lab",'
-               b'vantage="ci",via=""}')
-    assert refused + b" 0.0" in body
+    current = (b'mailmon_check_current_failure{check="smtp",reason="",stage="",target="lab",vantage="ci",via=""}')
+    assert current + b" 0.0" in body
+    assert b'mailmon_check_failures_total{check="smtp",reason="refused"' not in body
 
 
 def test_scrape_passes_promtool(monitor_process: tuple[str, subprocess.Popen[bytes], Path]) -> None:
@@ -91,8 +92,8 @@ def test_results_reach_metrics(monitor_process: tuple[str, subprocess.Popen[byte
             b'target="lab-wrong-password",vantage="ci",via=""}'
 
     def rejected(body: bytes) -> float:
-        line = next(raw for raw in body.splitlines() if raw.startswith(wrong))
-        return float(line.rsplit(b" ", 1)[1])
+        line = next((raw for raw in body.splitlines() if raw.startswith(wrong)), None)
+        return 0.0 if line is None else float(line.rsplit(b" ", 1)[1])  # the counter appears with the failure
 
     wait_for(lambda: all(_successes(http_get(base + "/metrics")[1]).get(("lab", c)) == 1.0
                          for c in ("smtp", "imap", "pop3")), "all lab checks to succeed")
