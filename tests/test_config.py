@@ -265,7 +265,7 @@ def test_minimal_config_gets_defaults() -> None:
     assert config.vantage == "test"
     assert config.listen == DEFAULT_LISTEN == "127.0.0.1:9917"
     assert (config.interval, config.timeout, config.concurrency) == (60.0, 15.0, 64)
-    assert config.failure_series == "all"
+    assert config.failure_series == "on_failure"
     assert config.source == str(CONFIGS / "valid-minimal.yml")
     [target] = config.targets
     assert (target.name, target.host, target.auth) == ("mx1", "mx1.example.test", None)
@@ -314,7 +314,7 @@ def test_full_config_top_level_settings() -> None:
     """listen, concurrency, defaults, TLS server name, mailbox, HELO name and recipients are read as written."""
     config = load_valid("valid-full.yml")
     assert (config.vantage, config.listen, config.concurrency) == ("dc1", "[::1]:9920", 8)
-    assert config.failure_series == "on_failure"
+    assert config.failure_series == "all"
     assert (config.interval, config.timeout) == (120.0, 20.0)
     assert [t.name for t in config.targets] == ["submission", "smtps", "mx", "mailbox", "mailbox-plain"]
     smtps = config.target("smtps")

@@ -37,6 +37,7 @@ ALLOWED_PANEL_TYPES = {"row", "stat", "state-timeline", "timeseries", "table", "
 
 # Label sets of the monitor's own series (docs/metrics.md): which filters an expression must apply to each.
 VANTAGE_AND_TARGET = ("check_success", "check_duration_seconds", "check_phase_duration_seconds", "check_runs_total",
+                      "check_current_failure",
                       "check_failures_total", "check_skipped_total", "check_last_attempt_timestamp_seconds",
                       "check_last_success_timestamp_seconds", "smtp_last_reply_code",
                       "tls_cert_expiry_timestamp_seconds", "roundtrip_seconds_bucket", "roundtrip_seconds_count",
