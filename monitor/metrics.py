@@ -259,14 +259,16 @@ class Metrics:
         parts.append(generate_latest(self._rest))
         return parts
 
-    def scrape(self, compress: bool) -> Callable[[], bytes]:
+    def scrape(self, compress: bool, tail: bytes = b"") -> Callable[[], bytes]:
         """What `/metrics` serves, in two halves: this call (on the event loop, a few ms) takes references to the
         series; the function it returns builds the body (join, and gzip at level 1 if `compress`) and is meant for
-        a worker thread. gzip recompresses only the families that changed since the last compressed scrape."""
+        a worker thread. gzip recompresses only the families that changed since the last compressed scrape.
+        `tail`: more exposition text to serve after this monitor's (other families, rendered by the caller)."""
         if not compress:
             parts = self.exposition_parts()
+            parts.append(tail)
             return lambda: b"".join(parts)
-        snapshot, rest = self._text.gzip_snapshot(), generate_latest(self._rest)
+        snapshot, rest = self._text.gzip_snapshot(), generate_latest(self._rest) + tail
         return lambda: self._text.gzip_body(snapshot, rest)
 
     def add_target(self, target: Target) -> None:

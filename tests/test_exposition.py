@@ -191,3 +191,11 @@ def test_plain_scrape_is_the_exposition() -> None:
     metrics = Metrics(CollectorRegistry(), VANTAGE)
     metrics.add_target(target())
     assert metrics.scrape(compress=False)() == metrics.exposition()
+
+
+def test_scrape_serves_the_tail_after_the_exposition() -> None:
+    metrics = Metrics(CollectorRegistry(), VANTAGE)
+    metrics.add_target(target())
+    tail = b"# TYPE other_total counter\nother_total 1.0\n"
+    assert metrics.scrape(compress=False, tail=tail)() == metrics.exposition() + tail
+    assert gunzip_one_member(metrics.scrape(compress=True, tail=tail)()) == metrics.exposition() + tail
