@@ -267,6 +267,8 @@ def test_remove_target_drops_its_current_failure(registry: CollectorRegistry, me
 def test_at_most_20_series_per_check_by_default() -> None:
     """Issue 14's budget at the scale benchmark's shape (smtp, imap, pop3 with logins, `tls: none`), after a
     failure of each check: every series of a target, its verdict state set included, over its checks."""
+    from monitor.config import Auth, Secret, TlsSettings  # here: merges cleanly with builders-based imports
+
     registry = CollectorRegistry()
     metrics = Metrics(registry, VANTAGE)
     checks = tuple(CheckSettings(name=name, port=port, tls_mode="none", interval=60.0, timeout=15.0, use_auth=True)
