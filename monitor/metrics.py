@@ -97,7 +97,7 @@ def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
     if check.name == "roundtrip":
         # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
         extra = [("fetch", r) for r in _AT_STAGE["connect"] + _AT_STAGE["tls"] + _AT_STAGE["auth"]]
-        extra += [("delivery", "not_delivered"), ("delivery", "junk")]
+        extra += [("delivery", "not_delivered"), ("delivery", "junk"), ("delivery", "mailbox_full")]
         pairs += [pair for pair in dict.fromkeys(extra) if pair not in pairs]
     return pairs
 

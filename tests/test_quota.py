@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,10 +15,11 @@ from monitor.errors import smtp_reply_reason
 from monitor.metrics import Metrics
 from monitor.probes import probes_for
 from monitor.probes.imap import parse_quota
+from monitor.probes.roundtrip import over_quota
 from monitor.result import Result
 from monitor.runner import Runner
 from monitor.verdict import classify_result, decide
-from tests.conftest import Lab
+from tests.conftest import MAIL_LAB, Lab
 
 
 @pytest.mark.parametrize(("code", "message", "reason"), [
@@ -30,6 +32,19 @@ from tests.conftest import Lab
 def test_smtp_reply_reason_names_a_full_mailbox_only(code: int, message: str, reason: str) -> None:
     """Only the RFC 3463 X.2.2 "mailbox full" status is mailbox_full; the server's own disk is not."""
     assert smtp_reply_reason(code, message) == reason
+
+
+@pytest.mark.parametrize(("quota", "size", "full"), [
+    ({"MESSAGE": (3, 3)}, 100, ("MESSAGE", (3, 3))),
+    ({"MESSAGE": (2, 3)}, 100, None),
+    ({"STORAGE": (1023, 1024)}, 1024, None),
+    ({"STORAGE": (1023, 1024)}, 1025, ("STORAGE", (1023, 1024))),
+    ({}, 100, None),
+])
+def test_over_quota_leaves_room_for_exactly_one_probe(quota: dict[str, tuple[int, int]], size: int,
+                                                      full: tuple[str, tuple[int, int]] | None) -> None:
+    """A mailbox is too full for the probe when one more message (MESSAGE) or its KiB (STORAGE) would pass the limit."""
+    assert over_quota(quota, size) == full
 
 
 def test_parse_quota_reads_every_resource() -> None:
@@ -163,3 +178,49 @@ def test_summary_names_a_nearly_full_mailbox(lab: Lab) -> None:
     assert _quota_note(target, [full]) == (" The INBOX mailbox is 95% full (MESSAGE 19 of 20): new mail may be "
                                            "refused.")
     assert _quota_note(target, [roomy]) == ""
+
+
+@pytest.fixture
+def quota_late(lab: Lab) -> Iterator[None]:
+    """Postfix without the quota policy at RCPT: a full mailbox is noticed only by Dovecot's LMTP, after `250`."""
+    def fault(state: str) -> None:
+        done = subprocess.run([str(MAIL_LAB), "fault", "quota-late", state], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    fault("on")
+    try:
+        yield
+    finally:
+        fault("off")
+
+
+@pytest.mark.lab
+async def test_lmtp_over_quota_bounce_fails_the_round_trip_as_mailbox_full(
+        lab: Lab, empty_full_mailbox: None, quota_late: None) -> None:
+    """Accepted with 250, refused by LMTP for quota (a bounce): delivery/mailbox_full with the quota, not
+    not_delivered; the Postfix log shows the LMTP refusal that the classification stands for."""
+    _deliver(lab, int(lab.env["LAB_FULL_QUOTA_MESSAGES"]))
+    config = _config(lab, "smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
+                     "roundtrip: {via: imap, timeout: 8s}")
+    result = await _run(config, "roundtrip:imap")
+    assert (result.stage, result.reason) == ("delivery", "mailbox_full"), result.detail
+    assert result.smtp_code == 250
+    assert result.quota["MESSAGE"] == (3, 3) and "MESSAGE 3 of 3" in result.detail
+    assert result.queue_id is not None
+    log = Path(lab.env["LAB_POSTFIX_LOG"]).read_text()
+    assert re.search(rf"{result.queue_id}: to=<{lab.env['LAB_FULL_USER']}>.*status=bounced .*5\.2\.2", log), \
+        "no LMTP over-quota bounce for the probe in the Postfix log"
+
+
+@pytest.mark.lab
+async def test_probe_lost_with_room_in_the_mailbox_stays_not_delivered(lab: Lab, empty_full_mailbox: None) -> None:
+    """A held probe (queue, not quota) with quota to spare is still not_delivered: the quota alone never blames."""
+    done = subprocess.run([str(MAIL_LAB), "fault", "hold", "on"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    try:
+        config = _config(lab, "smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
+                         "roundtrip: {via: imap, timeout: 6s}")
+        result = await _run(config, "roundtrip:imap")
+    finally:
+        subprocess.run([str(MAIL_LAB), "fault", "hold", "off"], capture_output=True, text=True, timeout=60)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered"), result.detail

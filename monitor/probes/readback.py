@@ -78,6 +78,7 @@ class Readback(Protocol):
     async def wait_push(self, timeout: float) -> None: ...
     async def delete(self, found: Found) -> None: ...
     async def find_in_junk(self, probe_id: str) -> str | None: ...
+    async def quota(self) -> dict[str, tuple[int, int]]: ...
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport: ...
     def close(self) -> None: ...
 
@@ -238,6 +239,13 @@ class ImapReadback:
                 found.append(name)
         return found
 
+    async def quota(self) -> dict[str, tuple[int, int]]:
+        """GETQUOTAROOT of the read-back mailbox (RFC 9208), {} when the server has no QUOTA: a probe that never
+        arrived in a mailbox at its limit was refused at delivery (LMTP over quota), not lost."""
+        self.ctx.quota = {}
+        await self.session.quota(self.check.mailbox)
+        return dict(self.ctx.quota)
+
     async def find_in_junk(self, probe_id: str) -> str | None:
         """The junk folder holding the probe message (which is then deleted there), or None."""
         for folder in await self._folders():
@@ -360,6 +368,9 @@ class Pop3Readback:
 
     async def find_in_junk(self, probe_id: str) -> str | None:
         return None  # POP3 sees only the inbox
+
+    async def quota(self) -> dict[str, tuple[int, int]]:
+        return {}  # POP3 has no quota command
 
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
         report = SweepReport()

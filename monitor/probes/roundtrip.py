@@ -32,7 +32,7 @@ from monitor.probes.smtp import quit_session, record_reply, smtp_session
 from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
 
-__all__ = ["RoundTrip"]
+__all__ = ["RoundTrip", "over_quota"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +48,18 @@ _RESERVE_MAX = 5.0
 _RESERVE_SHARE = 0.2
 # Reasons worth another try when opening the read-back session; never used for the submission.
 _TRANSIENT = frozenset({"reset", "refused", "unreachable"})
+
+
+def over_quota(quota: dict[str, tuple[int, int]], size: int) -> tuple[str, tuple[int, int]] | None:
+    """The resource that leaves no room for one more message of `size` bytes, or None.
+
+    MESSAGE counts messages; STORAGE counts KiB (RFC 9208), so the probe's own size is added to it."""
+    for name, (usage, limit) in sorted(quota.items()):
+        if name == "MESSAGE" and usage + 1 > limit:
+            return name, (usage, limit)
+        if name == "STORAGE" and usage + (size + 1023) // 1024 > limit:
+            return name, (usage, limit)
+    return None
 
 
 def _transient(exc: BaseException) -> bool:
@@ -87,13 +99,14 @@ class RoundTrip:
             # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
             header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
                                max(0.0, give_up - time.perf_counter()))
-            accepted_at = await self._submit(ctx, target, submission, check, header)
+            accepted_at, size = await self._submit(ctx, target, submission, check, header)
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
+                await self._refused_for_quota(ctx, reader, size, accepted_at)
                 raise ProbeError("delivery", "not_delivered",
                                  f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not visible "
                                  f"over {check.via} after {time.perf_counter() - accepted_at:.1f}s")
@@ -135,8 +148,8 @@ class RoundTrip:
             raise ProbeError(stage, classify(exc, stage)[1], f"read-back: {exc}") from exc
 
     async def _submit(self, ctx: ProbeContext, target: Target, submission: CheckSettings, check: CheckSettings,
-                      header: ProbeHeader) -> float:
-        """Send the probe message; returns when the server accepted it (perf_counter time)."""
+                      header: ProbeHeader) -> tuple[float, int]:
+        """Send the probe message; returns when the server accepted it (perf_counter time) and its size."""
         assert check.recipient is not None
         message, message_id = build_message(header, check.sender or check.recipient, check.recipient)
         ctx.message_id = message_id
@@ -163,7 +176,28 @@ class RoundTrip:
             raise
         finally:
             client.close()
-        return accepted_at
+        return accepted_at, len(message)
+
+    async def _refused_for_quota(self, ctx: ProbeContext, reader: Readback, size: int, accepted_at: float) -> None:
+        """Raise `delivery/mailbox_full` when the read-back mailbox has no room for the probe.
+
+        A server that checks quota only at delivery (Postfix without a quota policy in front of Dovecot's LMTP)
+        accepts the message with `250` and bounces it afterwards; the bounce goes to the sender, which for a round
+        trip is usually this same full mailbox, so no DSN can come back. The mailbox's own quota then says why."""
+        try:
+            quota = await reader.quota()
+        except Exception as exc:  # no quota to tell: the round trip stays not_delivered
+            log.debug("quota after a missing probe: %s", exc)
+            return
+        full = over_quota(quota, size)
+        if full is None:
+            return
+        ctx.quota = quota
+        name, (usage, limit) = full
+        raise ProbeError("delivery", "mailbox_full",
+                         f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not delivered: the "
+                         f"mailbox is at its quota ({name} {usage} of {limit}), so the server refused the probe at "
+                         f"delivery (after {time.perf_counter() - accepted_at:.1f}s)")
 
     async def _wait(self, reader: Readback, header: ProbeHeader, give_up: float) -> Found | None:
         """Poll fast right after acceptance, then wait for pushes, until found or `give_up`."""
