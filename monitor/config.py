@@ -24,6 +24,8 @@ import yaml
 from monitor.changes import ChangeEntry, ChangeSource, IcsError, check_rrule, parse_ics
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import MailmonError
+from monitor.families import IP_FAMILY_CHOICES
+from monitor.families import expand as expand_families
 from monitor.history import MIN_MAX_BYTES
 
 if TYPE_CHECKING:
@@ -148,6 +150,9 @@ class CheckSettings:
     quota_warning: float = 0.9
     # The target signs in with OAuth2: the check gets a token (a timed `token` step) before AUTH/LOGIN.
     uses_token: bool = False
+    # The address family this check connects over (ipv4, ipv6; `both` while loading only, see monitor/families.py);
+    # None: whatever the host name resolves to, as before.
+    ip_family: str | None = None
 
     @property
     def label(self) -> str:
@@ -156,8 +161,10 @@ class CheckSettings:
 
     @property
     def key(self) -> str:
-        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP."""
-        return f"{self.label}:{self.via}" if self.via else self.label
+        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP;
+        `@ipv6` follows for a check bound to an address family (`imap@ipv6`)."""
+        key = f"{self.label}:{self.via}" if self.via else self.label
+        return f"{key}@{self.ip_family}" if self.ip_family else key
 
 
 @dataclass(frozen=True)
@@ -467,9 +474,9 @@ def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, en
 
 
 _CHECK_KEYS = {
-    "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to"),
-    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox", "quota_warning"),
-    "pop3": ("port", "tls", "interval", "timeout", "auth"),
+    "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to", "ip_family"),
+    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox", "quota_warning", "ip_family"),
+    "pop3": ("port", "tls", "interval", "timeout", "auth", "ip_family"),
 }
 _PROFILE_KEYS = ("name", "tls_min", "tls_max", "auth_mechanism", *_CHECK_KEYS["smtp"])
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
@@ -548,6 +555,7 @@ def _load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, inter
         mail_from=mail_from, rcpt_to=rcpt_to,
         mailbox=_get(reader, entries, "mailbox", path, reader.string, "INBOX"),
         quota_warning=_get(reader, entries, "quota_warning", path, _ratio(reader), 0.9),
+        ip_family=_get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None),
     )
 
 
@@ -568,7 +576,7 @@ def _ratio(reader: YamlReader) -> Callable[[yaml.Node, str], float | None]:
     return convert
 
 
-_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox")
+_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox", "ip_family")
 
 
 def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
@@ -601,6 +609,7 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
     default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
     junk = _get(reader, entries, "junk_folders", path, reader.string_list, default_junk)
     mailbox = _get(reader, entries, "mailbox", path, reader.string, "INBOX")
+    ip_family = _get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None)
     result = []
     for name in via:
         readback = checks.get(name)
@@ -609,14 +618,14 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
         result.append(CheckSettings(
             name="roundtrip", port=readback.port, tls_mode=readback.tls_mode, interval=check_interval,
             timeout=check_timeout, use_auth=True, via=name, recipient=recipient, sender=sender,
-            junk_folders=junk, mailbox=mailbox))
+            junk_folders=junk, mailbox=mailbox, ip_family=ip_family))
     return result
 
 
 def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
     entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES,
-                                          "smtp_profiles"))
+                                          "smtp_profiles", "ip_family"))
     if not isinstance(node, yaml.MappingNode):
         return None
     for required in ("name", "host"):
@@ -651,6 +660,9 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
             reader.problem(entries["smtp_profiles"][1], f"{path}.smtp_profiles",
                            "auth_mechanism (plain, login) needs a password; with oauth2 set auth.mechanism")
         checks = [replace(c, uses_token=True) if c.use_auth else c for c in checks]
+    target_family = _get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES),
+                         None)
+    checks = expand_families(checks, target_family)
     if name is None or host is None:
         return None
     return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks))

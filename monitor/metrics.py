@@ -109,10 +109,11 @@ class _CheckState:
                  "rest", "runs", "skipped", "smtp_code", "success")
 
     def __init__(self, vantage: str, target: str, check: str, via: str, phases: Iterable[str],
-                 failures: Iterable[tuple[str, str]], smtp_code: bool) -> None:
+                 failures: Iterable[tuple[str, str]], smtp_code: bool, ip_family: str | None = None) -> None:
         # Label names in sorted order, as prometheus_client writes them: phase, reason and stage go between
-        # `check` and the rest.
-        self.check = label_text(("check",), (check,))
+        # `check` (with `ip_family`, only on checks bound to an address family) and the rest.
+        self.check = (label_text(("check", "ip_family"), (check, ip_family)) if ip_family
+                      else label_text(("check",), (check,)))
         self.rest = label_text(("target", "vantage", "via"), (target, vantage, via))
         self.labels = f"{self.check},{self.rest}"
         self.success = self.duration = self.runs = self.skipped = 0.0
@@ -253,7 +254,8 @@ class Metrics:
                 continue
             state = self._add_check(owner, _CheckState(
                 self.vantage, target.name, check.label, check.via or "", expected_phases(check),
-                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip")))
+                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip"),
+                check.ip_family))
             if check.name == "imap":
                 # The nearly-full threshold, so the shipped alert compares each mailbox with its own setting.
                 self.quota_warning.set_one(owner, state.labels, check.quota_warning)
@@ -286,7 +288,7 @@ class Metrics:
         state = self._checks.get(owner)
         if state is None:  # a check that was never added (not from the config): its series start now
             state = self._add_check(owner, _CheckState(self.vantage, result.target, result.check, result.via or "",
-                                                       (), (), result.smtp_code is not None))
+                                                       (), (), result.smtp_code is not None, result.ip_family))
         state.runs += 1
         state.last_attempt = result.started_at
         state.duration = result.duration_seconds

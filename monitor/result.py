@@ -64,11 +64,15 @@ class Result:
     # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB. A state of
     # the mailbox for metrics and the summary; the transcript keeps the server's words for the history.
     quota: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The address family the check was bound to (`ip_family`: ipv4, ipv6); None when it used any.
+    ip_family: str | None = None
 
     @property
     def key(self) -> str:
-        """Which of the target's checks this is: `CheckSettings.key` (`roundtrip:imap` for a round trip)."""
-        return f"{self.check}:{self.via}" if self.via else self.check
+        """Which of the target's checks this is: `CheckSettings.key` (`roundtrip:imap` for a round trip,
+        `imap@ipv6` for a check bound to an address family)."""
+        key = f"{self.check}:{self.via}" if self.via else self.check
+        return f"{key}@{self.ip_family}" if self.ip_family else key
 
     def as_json(self) -> dict[str, Any]:
         """The public JSON shape (`mailmon check --json`); field names are an interface."""
@@ -90,6 +94,7 @@ class Result:
             "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
+            "ip_family": self.ip_family,
         }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from monitor.families import family_name
 from monitor.result import Result
 
 __all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "describe", "side_of"]
@@ -197,6 +198,8 @@ def _name(result: Result) -> str:
         text += f" (client profile {result.check.split(':', 1)[1]})"
     if result.via:
         text += f" via {result.via.upper()}"
+    if result.ip_family:
+        text += f" over {family_name(result.ip_family)}"
     return text
 
 

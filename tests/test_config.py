@@ -116,7 +116,7 @@ INVALID = [
       "{file}:10: targets[0].smtp.tls: must be one of starttls, implicit, none, got 'ssl'",
       "{file}:11: targets[1]: host is required",
       "{file}:12: targets[1].hots: unknown key (allowed here: name, host, tls, auth, interval, timeout, {checks}, "
-      "smtp_profiles)",
+      "smtp_profiles, ip_family)",
       "{file}:13: targets[1].pop3: pop3 needs credentials: add an auth block to the target",
       "{file}:14: targets[2]: no checks: add at least one of {checks}",
       "{file}:14: targets[2].name: duplicate target name 'mx1' (first at targets[0])"]),

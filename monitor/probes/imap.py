@@ -17,6 +17,7 @@ from aioimaplib import aioimaplib
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
+from monitor.families import address_family
 from monitor.net import open_socket
 from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
@@ -179,7 +180,7 @@ class ImapSession:
         """Connect, read the greeting, secure the connection and log in."""
         ctx, target, check = self.ctx, self.target, self.check
         loop = asyncio.get_running_loop()
-        sock = await open_socket(ctx, target.host, check.port)
+        sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
         self.protocol = protocol = _Protocol(loop)
         tls_context = client_context(target.tls.ca_file)
         try:

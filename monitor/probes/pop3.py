@@ -12,6 +12,7 @@ import re
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
+from monitor.families import address_family
 from monitor.net import open_socket
 from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
@@ -40,7 +41,7 @@ class Pop3Session:
     async def open(self) -> None:
         """Connect, read the greeting, secure the connection and log in."""
         ctx, target, check = self.ctx, self.target, self.check
-        sock = await open_socket(ctx, target.host, check.port)
+        sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
         tls_context = client_context(target.tls.ca_file)
         try:
             if check.tls_mode == "implicit":

@@ -15,6 +15,7 @@ import aiosmtplib
 
 from monitor.config import CheckSettings, Target, default_helo_name
 from monitor.errors import ProbeError, smtp_reply_reason
+from monitor.families import address_family
 from monitor.net import open_socket
 from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
@@ -104,7 +105,7 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
 
     Shared by the `smtp` check and the round trip's submission, so both speak exactly the same way.
     """
-    sock = await open_socket(ctx, target.host, check.port)
+    sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
     implicit = check.tls_mode == "implicit"
     tls_context = client_context(target.tls.ca_file, check.tls_min, check.tls_max)
     client = aiosmtplib.SMTP(
