@@ -23,6 +23,7 @@ from monitor.explain import Answer, explain
 from monitor.history import History
 from monitor.logs import log_result
 from monitor.metrics import Metrics
+from monitor.mx import MxCollector
 from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
@@ -63,6 +64,10 @@ class App:
         self.listen = listen or config.listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage, config.failure_series)
+        # Per-MX-host series of MX targets (host: {mx: DOMAIN}); a collector of its own, beside Metrics.
+        self.mx_hosts = MxCollector(config.vantage)
+        self.mx_hosts.only = frozenset(t.name for t in config.targets if t.mx is not None)
+        self.registry.register(self.mx_hosts)
         self.board = VerdictBoard()
         IDENTITIES.observer = self.metrics.record_token  # token requests of every identity, by outcome
         self._add_identities(config)
@@ -262,6 +267,7 @@ class App:
             if old.get(name) != target:
                 self.metrics.add_target(target)
                 self.scheduler.add(target)
+        self.mx_hosts.only = frozenset(t.name for t in new.targets if t.mx is not None)
         self.config = new
 
     async def _metrics(self, request: Request) -> Response:

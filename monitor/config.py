@@ -27,6 +27,7 @@ from monitor.errors import MailmonError
 from monitor.families import IP_FAMILY_CHOICES
 from monitor.families import expand as expand_families
 from monitor.history import MIN_MAX_BYTES
+from monitor.mx import MxSpec
 
 if TYPE_CHECKING:
     from monitor.signin.settings import OAuth2Settings
@@ -174,6 +175,8 @@ class Target:
     tls: TlsSettings
     auth: Auth | None
     checks: tuple[CheckSettings, ...]
+    # `host: {mx: DOMAIN}`: the smtp check walks the domain's MX hosts (monitor/mx.py); `host` is then the domain.
+    mx: MxSpec | None = None
 
     @property
     def server_name(self) -> str:
@@ -633,7 +636,12 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
             reader.problem(node, path, f"{required} is required")
     name = _get(reader, entries, "name", path,
                 lambda n, p: reader.string(n, p, _NAME, "a valid target name (letters, digits, _ . : @ -)"), None)
-    host = _get(reader, entries, "host", path, reader.string, None)
+    mx: MxSpec | None = None
+    if "host" in entries and isinstance(entries["host"][1], yaml.MappingNode):
+        mx = _load_mx_host(reader, entries["host"][1], f"{path}.host")
+        host = mx.domain if mx is not None else None
+    else:
+        host = _get(reader, entries, "host", path, reader.string, None)
     tls = _load_tls(reader, entries["tls"][1], f"{path}.tls") if "tls" in entries else TlsSettings()
     auth = _load_auth(reader, entries["auth"][1], f"{path}.auth", environ) if "auth" in entries else None
     interval = _get(reader, entries, "interval", path, reader.duration, interval)
@@ -663,9 +671,40 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
     target_family = _get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES),
                          None)
     checks = expand_families(checks, target_family)
+    if mx is not None:
+        for other in ("imap", "pop3", "roundtrip"):
+            if other in entries:
+                reader.problem(entries[other][0], f"{path}.{other}", "needs a host: MX records (host: {mx: ...}) "
+                                                                     "name where mail arrives, checked by smtp only")
     if name is None or host is None:
         return None
-    return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks))
+    return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks), mx=mx)
+
+
+def _load_mx_host(reader: YamlReader, node: yaml.Node, path: str) -> MxSpec | None:
+    """`{mx: DOMAIN, resolver: ADDRESS[:PORT]}` (resolver optional: the system's)."""
+    entries = reader.mapping(node, path, ("mx", "resolver"))
+    domain = _get(reader, entries, "mx", path, reader.string, None)
+    if domain is None:
+        if "mx" not in entries:
+            reader.problem(node, path, "mx is required: the domain whose MX records to check")
+        return None
+    resolver: tuple[str, int] | None = None
+    text = _get(reader, entries, "resolver", path, reader.string, None)
+    if text is not None:
+        if text.startswith("["):  # [::1]:5353
+            address, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ("53" if not rest else "")
+        elif text.count(":") == 1:  # 127.0.0.53:5353
+            address, port = text.split(":")
+        else:
+            address, port = text, "53"
+        if not is_address(address) or not port.isdigit() or not 0 < int(port) < 65536:
+            reader.problem(entries["resolver"][1], f"{path}.resolver",
+                           f"{text!r} is not an IP address with an optional port (e.g. 127.0.0.53 or [::1]:5353)")
+        else:
+            resolver = (address, int(port))
+    return MxSpec(domain.rstrip(".").lower(), resolver)
 
 
 def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> Config:

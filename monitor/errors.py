@@ -32,6 +32,8 @@ REASONS: tuple[str, ...] = (
     # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
     "auth_disabled",
     "local_resources",
+    # MX targets (monitor/mx.py): the domain's DNS, and a most preferred MX that fails while a backup works.
+    "nxdomain", "no_mx", "mx_unresolvable", "mx_cname", "mx_fallback",
 )
 # RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
 _MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")

@@ -77,6 +77,9 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
         # Checked first: a token endpoint that times out or refuses is the identity provider's fault, never a
         # network or service failure of the mail server (which was not even asked).
         kind = "signin"
+    elif reason in ("mx_fallback", "mx_cname"):
+        # Mail still flows (through a backup MX, or through an alias senders may refuse): degraded, never down.
+        kind = "other"
     elif stage == "dns" and reason == "timeout":
         # The resolver did not answer: that is this vantage's infrastructure, whatever the selfcheck says yet.
         kind = "vantage"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from monitor.config import CheckSettings, Config, Target
-from monitor.probes import imap, pop3, smtp
+from monitor.probes import imap, pop3
+from monitor.probes.mx import smtp_or_mx
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
 
@@ -18,7 +19,8 @@ __all__ = ["PROBES", "Probe", "probes_for"]
 Probe = Callable[[ProbeContext, Target, CheckSettings], Awaitable[None]]
 
 PROBES: dict[str, Probe] = {
-    "smtp": smtp.probe,
+    # An MX target's smtp check walks the domain's MX hosts (monitor/probes/mx.py).
+    "smtp": smtp_or_mx,
     "imap": imap.probe,
     "pop3": pop3.probe,
 }
