@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from monitor import config as config_module
 from monitor import resources, selfcheck
+from monitor.authres import LoopCollector, auth_note
 from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.diagnose import freshness
@@ -68,6 +69,9 @@ class App:
         self.mx_hosts = MxCollector(config.vantage)
         self.mx_hosts.only = frozenset(t.name for t in config.targets if t.mx is not None)
         self.registry.register(self.mx_hosts)
+        # Round trips' Authentication-Results, hop count and hop delays (monitor/authres.py).
+        self.loops = LoopCollector(config.vantage)
+        self.registry.register(self.loops)
         self.board = VerdictBoard()
         IDENTITIES.observer = self.metrics.record_token  # token requests of every identity, by outcome
         self._add_identities(config)
@@ -174,6 +178,7 @@ class App:
         """Every check result: verdict first (history and logs carry it), then metrics and the log."""
         verdict = self.board.record(result)
         self.metrics.record(result)
+        self.loops.record(result)
         self.metrics.set_verdict(result.target, verdict)
         log_result(result)
         if self.history is not None:
@@ -268,6 +273,7 @@ class App:
                 self.metrics.add_target(target)
                 self.scheduler.add(target)
         self.mx_hosts.only = frozenset(t.name for t in new.targets if t.mx is not None)
+        self.loops.forget(t.name for t in new.targets)
         self.config = new
 
     async def _metrics(self, request: Request) -> Response:
@@ -312,7 +318,8 @@ class App:
             targets.append({
                 "target": target.name,
                 "verdict": verdict,
-                "summary": describe(verdict, results, self.config.vantage) + _quota_note(target, results) + during,
+                "summary": (describe(verdict, results, self.config.vantage) + _quota_note(target, results)
+                            + auth_note(results) + during),
                 "checks": [{**r.as_json(), "age_seconds": round(now - r.started_at, 3), "transcript": r.transcript}
                            for r in results],
             })

@@ -66,6 +66,11 @@ class Result:
     quota: dict[str, tuple[int, int]] = field(default_factory=dict)
     # The address family the check was bound to (`ip_family`: ipv4, ipv6); None when it used any.
     ip_family: str | None = None
+    # Round trips: the receiver's Authentication-Results {method: result} of the delivered probe, its Received
+    # headers (None: headers not read) and each hop's delay, oldest first (monitor/authres.py).
+    auth_results: dict[str, str] = field(default_factory=dict)
+    hops: int | None = None
+    hop_delays: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -95,6 +100,9 @@ class Result:
             "detail": self.detail,
             "started_at": self.started_at,
             "ip_family": self.ip_family,
+            "auth_results": dict(self.auth_results),
+            "hops": self.hops,
+            "hop_delays": [round(d, 3) for d in self.hop_delays],
         }
 
 
@@ -120,6 +128,9 @@ class ProbeContext:
         self.queue_id: str | None = None
         self.message_id: str | None = None
         self.quota: dict[str, tuple[int, int]] = {}
+        self.auth_results: dict[str, str] = {}
+        self.hops: int | None = None
+        self.hop_delays: list[float] = []
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: str | None = None

@@ -79,6 +79,7 @@ class Readback(Protocol):
     async def delete(self, found: Found) -> None: ...
     async def find_in_junk(self, probe_id: str) -> str | None: ...
     async def quota(self) -> dict[str, tuple[int, int]]: ...
+    async def header_block(self, found: Found) -> bytes | None: ...
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport: ...
     def close(self) -> None: ...
 
@@ -239,6 +240,14 @@ class ImapReadback:
                 found.append(name)
         return found
 
+    async def header_block(self, found: Found) -> bytes | None:
+        """The found message's whole header block (BODY.PEEK: not marked \\Seen), for Authentication-Results and
+        the Received chain; None when the server sends none."""
+        response = await self.session.watch(self._protocol.fetch(found.ref, "(UID BODY.PEEK[HEADER])", by_uid=True))
+        if response.result != "OK":
+            return None
+        return next((bytes(line) for line in response.lines if isinstance(line, bytearray)), None)
+
     async def quota(self) -> dict[str, tuple[int, int]]:
         """GETQUOTAROOT of the read-back mailbox (RFC 9208), {} when the server has no QUOTA: a probe that never
         arrived in a mailbox at its limit was refused at delivery (LMTP over quota), not lost."""
@@ -371,6 +380,9 @@ class Pop3Readback:
 
     async def quota(self) -> dict[str, tuple[int, int]]:
         return {}  # POP3 has no quota command
+
+    async def header_block(self, found: Found) -> bytes | None:
+        return None  # not read over POP3 yet (a second TOP of the whole header would be needed)
 
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
         report = SweepReport()

@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from monitor.authres import read_headers
 from monitor.config import CheckSettings, Secret, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
@@ -114,6 +115,7 @@ class RoundTrip:
             # The step clock ran from after QUIT; the latency is from acceptance to the poll that saw it.
             ctx.phases["delivery"] = max(0.0, found.seen_at - accepted_at)
             ctx.note(f"visible over {check.via} after {ctx.phases['delivery'] * 1000:.1f} ms")
+            await self._judged(ctx, reader, found)
             await self._readback(reader.delete(found), stage="cleanup")
             ctx.step("sweep")
             await self._sweep(reader, target)
@@ -177,6 +179,21 @@ class RoundTrip:
         finally:
             client.close()
         return accepted_at, len(message)
+
+    async def _judged(self, ctx: ProbeContext, reader: Readback, found: Found) -> None:
+        """Read the delivered probe's Authentication-Results and Received chain; never fails the round trip."""
+        try:
+            block = await reader.header_block(found)
+        except Exception as exc:
+            log.debug("header block of the probe: %s", exc)
+            return
+        if block is None:
+            return
+        results, hops, delays = read_headers(block, found.header.sent_ms / 1000)
+        ctx.auth_results, ctx.hops, ctx.hop_delays = results, hops, delays
+        said = " ".join(f"{method}={value}" for method, value in sorted(results.items())) or "none"
+        ctx.note(f"Authentication-Results: {said}; {hops} Received hops, delays "
+                 + ", ".join(f"{d:.0f}s" for d in delays))
 
     async def _refused_for_quota(self, ctx: ProbeContext, reader: Readback, size: int, accepted_at: float) -> None:
         """Raise `delivery/mailbox_full` when the read-back mailbox has no room for the probe.

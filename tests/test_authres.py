@@ -1,0 +1,95 @@
+"""The receiving side's judgement of a delivered probe: Authentication-Results (RFC 8601) and the Received chain."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.authres import LoopCollector, auth_note, hop_delays, parse_authentication_results, read_headers
+from monitor.result import Result
+from tests.conftest import Lab
+from tests.test_roundtrip_lab import clean_inbox, roundtrip_target, runner, via  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    # RFC 8601 appendix B.2: nothing was checked.
+    (["example.org 1; none"], {}),
+    # B.4-like: SPF and sender-id style, with comments and properties.
+    (["example.com; spf=pass smtp.mailfrom=example.net"], {"spf": "pass"}),
+    # B.6: several methods, a version, comments (nested ones too) and reasons.
+    (["example.com; dkim=pass (good signature) header.d=mail-router.example.net; dkim=fail (bad signature) "
+      "header.d=newyork.example.com"], {"dkim": "pass"}),
+    (["mx.google.com; dkim=pass header.i=@example.org header.s=s1 header.b=abc; spf=softfail (google.com: domain "
+      "of transitioning x@example.org does not designate 1.2.3.4 as permitted sender) smtp.mailfrom=x@example.org; "
+      "dmarc=fail (p=REJECT sp=REJECT dis=NONE) header.from=example.org; arc=none"],
+     {"dkim": "pass", "spf": "softfail", "dmarc": "fail", "arc": "none"}),
+    (["mx.example (comment (nested)) 1; dkim/1=permerror reason=\"bad key\"; x-odd=pass; dmarc=sideways"],
+     {"dkim": "permerror", "dmarc": "other"}),
+])
+def test_parse_authentication_results(values: list[str], expected: dict[str, str]) -> None:
+    assert parse_authentication_results(values) == expected
+
+
+def test_only_the_topmost_header_counts() -> None:
+    """Headers are prepended: the receiver's own is first; an older one (maybe the sender's) is ignored."""
+    values = ["receiver.example; spf=fail smtp.mailfrom=a@b.example", "sender.example; spf=pass; dkim=pass"]
+    assert parse_authentication_results(values) == {"spf": "fail"}
+
+
+def test_hop_delays_from_received_timestamps() -> None:
+    """Oldest hop first, the first measured from the probe's send time; skew never gives a negative delay."""
+    def at(seconds: float) -> str:
+        return format_datetime(datetime.fromtimestamp(seconds, UTC))
+    received = [f"from b by c with LMTP; {at(1010)}", f"from a by b with ESMTPS; {at(1004)}",
+                "from nowhere by a; not a date"]
+    assert hop_delays(received, 1000.0) == [4.0, 6.0]
+    assert hop_delays([f"x; {at(1000)}"], 1003.0) == [0.0]
+
+
+def test_collector_state_set_and_histogram() -> None:
+    collector = LoopCollector("v")
+    registry = CollectorRegistry()
+    registry.register(collector)
+    collector.record(Result("t", "roundtrip", "v", True, 0, 1, {}, via="imap", auth_results={"dkim": "fail"},
+                            hops=2, hop_delays=[0.0, 2.0]))
+    labels = {"vantage": "v", "target": "t", "via": "imap"}
+    assert registry.get_sample_value("mailmon_roundtrip_auth_result", {**labels, "method": "dkim",
+                                                                        "result": "fail"}) == 1
+    assert registry.get_sample_value("mailmon_roundtrip_auth_result", {**labels, "method": "dkim",
+                                                                        "result": "pass"}) == 0
+    assert registry.get_sample_value("mailmon_roundtrip_auth_result", {**labels, "method": "spf",
+                                                                        "result": "pass"}) is None
+    assert registry.get_sample_value("mailmon_roundtrip_hops", labels) == 2
+    assert registry.get_sample_value("mailmon_roundtrip_hop_delay_seconds_bucket", {**labels, "le": "1.0"}) == 1
+    assert registry.get_sample_value("mailmon_roundtrip_hop_delay_seconds_count", labels) == 2
+
+
+def test_bad_result_is_named_in_the_summary_while_delivery_is_ok() -> None:
+    ok = Result("t", "roundtrip", "v", True, 0, 1, {}, via="imap", auth_results={"dkim": "fail", "spf": "pass"})
+    assert auth_note([ok]) == (" The round trip via IMAP arrived, but the receiver's Authentication-Results say "
+                               "DKIM fail: other receivers would junk or reject it.")
+    assert auth_note([Result("t", "roundtrip", "v", True, 0, 1, {}, via="imap", auth_results={"spf": "pass"})]) == ""
+
+
+@pytest.mark.lab
+async def test_delivered_probe_reports_its_received_chain(lab: Lab, clean_inbox: None) -> None:  # noqa: F811
+    """Through the lab: Postfix's and Dovecot LMTP's Received headers give the hops, one delay per hop."""
+    target = roundtrip_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.hops is not None and result.hops >= 2
+    assert len(result.hop_delays) == result.hops
+    assert all(0 <= d < 60 for d in result.hop_delays)
+    assert any(line.endswith(f"{result.hops} Received hops, delays " + ", ".join(f"{d:.0f}s" for d in
+                                                                               result.hop_delays))
+               for line in result.transcript), result.transcript
+
+
+def test_read_headers_of_a_block() -> None:
+    block = (b"Authentication-Results: mail.lab.test; dkim=pass header.d=a.test\r\n"
+             b"Received: from a by b; Thu, 03 Dec 2026 06:00:02 +0000\r\nSubject: x\r\n\r\n")
+    results, hops, delays = read_headers(block, datetime(2026, 12, 3, 6, 0, 0, tzinfo=UTC).timestamp())
+    assert (results, hops, delays) == ({"dkim": "pass"}, 1, [2.0])
