@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -93,3 +95,43 @@ def test_read_headers_of_a_block() -> None:
              b"Received: from a by b; Thu, 03 Dec 2026 06:00:02 +0000\r\nSubject: x\r\n\r\n")
     results, hops, delays = read_headers(block, datetime(2026, 12, 3, 6, 0, 0, tzinfo=UTC).timestamp())
     assert (results, hops, delays) == ({"dkim": "pass"}, 1, [2.0])
+
+
+def _signed_target(lab: Lab):  # type: ignore[no-untyped-def]
+    """The lab's signed submission port: OpenDKIM signs (d=lab.test), relays to the inbound port, where another
+    OpenDKIM verifies and writes Authentication-Results; read back over IMAP."""
+    target = roundtrip_target(lab)
+    checks = tuple(dataclasses.replace(c, port=int(lab.env["LAB_SIGNED_SUBMISSION_PORT"])) if c.name == "smtp" else c
+                   for c in target.checks)
+    return dataclasses.replace(target, checks=checks)
+
+
+@pytest.fixture
+def dkim_key_fault(lab: Lab) -> Iterator[None]:
+    lab.control("fault", "dkim-key", "on")
+    try:
+        yield
+    finally:
+        lab.control("fault", "dkim-key", "off")
+
+
+@pytest.mark.lab
+async def test_signed_probe_is_judged_dkim_pass(lab: Lab, clean_inbox: None) -> None:  # noqa: F811
+    """A real Authentication-Results (OpenDKIM verifying the signature OpenDKIM made): dkim=pass, 3 hops."""
+    target = _signed_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.auth_results == {"dkim": "pass"}
+    assert result.hops == 3  # submission, inbound relay, LMTP
+    assert auth_note([result]) == ""
+
+
+@pytest.mark.lab
+async def test_wrong_dkim_key_is_fail_while_delivery_stays_ok(lab: Lab, clean_inbox: None,  # noqa: F811
+                                                              dkim_key_fault: None) -> None:
+    """The published key is another one: dkim=fail is reported and named, the round trip itself is ok."""
+    target = _signed_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.auth_results == {"dkim": "fail"}
+    assert "say DKIM fail" in auth_note([result])

@@ -28,7 +28,7 @@ from tests.conftest import MAIL_LAB, Lab
 
 pytestmark = pytest.mark.lab
 
-FAULTS = ("smtp", "imap", "pop3", "hold", "auth", "cert-expired", "quota-late", "ipv6")
+FAULTS = ("smtp", "imap", "pop3", "hold", "auth", "cert-expired", "quota-late", "ipv6", "dkim-key")
 SMTP_PORTS = (25, 587, 465)
 IMAP_PORTS = (143, 993)
 POP3_PORTS = (110, 995)

@@ -48,8 +48,7 @@ class DnsServer(asyncio.DatagramProtocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         with contextlib.suppress(dns.exception.DNSException):
