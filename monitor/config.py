@@ -151,6 +151,8 @@ class CheckSettings:
     quota_warning: float = 0.9
     # The target signs in with OAuth2: the check gets a token (a timed `token` step) before AUTH/LOGIN.
     uses_token: bool = False
+    # Round trip only: the target whose smtp block (host, port, credentials) submits the probe; None: this one.
+    submit_via: str | None = None
     # The address family this check connects over (ipv4, ipv6; `both` while loading only, see monitor/families.py);
     # None: whatever the host name resolves to, as before.
     ip_family: str | None = None
@@ -579,7 +581,8 @@ def _ratio(reader: YamlReader) -> Callable[[yaml.Node, str], float | None]:
     return convert
 
 
-_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox", "ip_family")
+_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox", "ip_family",
+                   "submit_via")
 
 
 def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
@@ -596,8 +599,8 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
             reader.problem(entries["via"][1], f"{path}.via", f"{name!r} cannot read mail back: use imap or pop3")
         elif name not in checks:
             reader.problem(node, path, f"via {name} needs the target's {name} block (its port, tls and credentials)")
-    if "smtp" not in checks:
-        reader.problem(node, path, "a round trip submits over SMTP: the target needs an smtp block")
+    if "smtp" not in checks and "submit_via" not in entries:
+        reader.problem(node, path, "a round trip submits over SMTP: the target needs an smtp block (or submit_via)")
     if len(set(via)) != len(via):
         reader.problem(entries["via"][1], f"{path}.via", "lists a protocol twice")
     check_interval = _get(reader, entries, "interval", path, reader.duration, interval)
@@ -608,7 +611,9 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
     recipient = _get(reader, entries, "recipient", path, reader.string, auth_user)
     if recipient is None:
         reader.problem(node, path, "recipient is required when the target has no auth block")
-    sender = _get(reader, entries, "sender", path, reader.string, recipient)
+    submit_via = _get(reader, entries, "submit_via", path, reader.string, None)
+    # Submitted through another target, the probe comes from that target's user (settled in _link_submitters).
+    sender = _get(reader, entries, "sender", path, reader.string, None if submit_via else recipient)
     default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
     junk = _get(reader, entries, "junk_folders", path, reader.string_list, default_junk)
     mailbox = _get(reader, entries, "mailbox", path, reader.string, "INBOX")
@@ -621,7 +626,7 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
         result.append(CheckSettings(
             name="roundtrip", port=readback.port, tls_mode=readback.tls_mode, interval=check_interval,
             timeout=check_timeout, use_auth=True, via=name, recipient=recipient, sender=sender,
-            junk_folders=junk, mailbox=mailbox, ip_family=ip_family))
+            junk_folders=junk, mailbox=mailbox, ip_family=ip_family, submit_via=submit_via))
     return result
 
 
@@ -679,6 +684,42 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
     if name is None or host is None:
         return None
     return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks), mx=mx)
+
+
+def _link_submitters(reader: YamlReader, targets: list[Target], nodes: dict[str, yaml.Node],
+                     paths: dict[str, str]) -> list[Target]:
+    """Round trips with `submit_via`: the named target must exist and submit over SMTP; without `sender`, the probe
+    comes from that target's user (a loop from one provider to another)."""
+    by_name = {t.name: t for t in targets}
+    linked = []
+    for target in targets:
+        checks = []
+        for check in target.checks:
+            if check.submit_via is not None:
+                where = f"{paths[target.name]}.roundtrip.submit_via"
+                node = _child(_child(nodes[target.name], "roundtrip"), "submit_via")
+                other = by_name.get(check.submit_via)
+                if other is None:
+                    reader.problem(node, where, f"no target named {check.submit_via!r}")
+                elif other.settings("smtp") is None:
+                    reader.problem(node, where, f"target {other.name!r} has no smtp block to submit through")
+                elif check.sender is None:
+                    if other.auth is None:
+                        reader.problem(node, where, f"target {other.name!r} has no auth block: set roundtrip.sender")
+                    else:
+                        check = replace(check, sender=other.auth.username)
+            checks.append(check)
+        linked.append(replace(target, checks=tuple(checks)))
+    return linked
+
+
+def _child(node: yaml.Node, key: str) -> yaml.Node:
+    """The value node of `key` in a mapping node (for a problem's line), else the node itself."""
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            if getattr(name, "value", None) == key:
+                return value  # type: ignore[no-any-return]
+    return node
 
 
 def _load_mx_host(reader: YamlReader, node: yaml.Node, path: str) -> MxSpec | None:
@@ -777,6 +818,8 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                     continue
                 seen[target.name] = index
                 targets.append(target)
+            targets = _link_submitters(reader, targets, {name: node.value[i] for name, i in seen.items()},
+                                       {name: f"targets[{i}]" for name, i in seen.items()})
     if probe_key is None and "probe_key" not in entries and any(c.via for t in targets for c in t.checks):
         reader.problem(root, "probe_key", "is required for round trips: {file: PATH} or {env: NAME} holding a "
                                           "secret of at least 16 characters that signs probe messages")

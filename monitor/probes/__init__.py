@@ -31,5 +31,6 @@ def probes_for(config: Config, on_late: Callable[[str, str, int], None] = lambda
     """The probe table for a configuration: the fixed probes, plus the round trip when a probe key is set."""
     table = dict(PROBES)
     if config.probe_key is not None:
-        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept)
+        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept,
+                                       targets={t.name: t for t in config.targets})
     return table

@@ -72,8 +72,11 @@ class RoundTrip:
 
     def __init__(self, key: Secret, vantage: str,
                  on_late: Callable[[str, str, int], None] = lambda target, via, n: None,
-                 on_swept: Callable[[str, int], None] = lambda target, n: None) -> None:
+                 on_swept: Callable[[str, int], None] = lambda target, n: None,
+                 targets: dict[str, Target] | None = None) -> None:
         self.key = key
+        # Every target by name, for round trips that submit through another target (`submit_via`).
+        self.targets = targets or {}
         self.vantage = vantage
         self.on_late = on_late
         self.on_swept = on_swept
@@ -85,7 +88,9 @@ class RoundTrip:
         return Pop3Readback(ctx, target, check, key)
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
-        submission = target.settings("smtp")
+        # A loop between providers: submit through another target, read back here.
+        submitter = self.targets.get(check.submit_via, target) if check.submit_via else target
+        submission = submitter.settings("smtp")
         assert submission is not None and check.via is not None and check.recipient is not None
         started = time.perf_counter()
         reserve = min(_RESERVE_MAX, check.timeout * _RESERVE_SHARE)
@@ -100,7 +105,9 @@ class RoundTrip:
             # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
             header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
                                max(0.0, give_up - time.perf_counter()))
-            accepted_at, size = await self._submit(ctx, target, submission, check, header)
+            if submitter is not target:
+                ctx.note(f"submitting through target {submitter.name} ({submitter.host}:{submission.port})")
+            accepted_at, size = await self._submit(ctx, submitter, submission, check, header)
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
