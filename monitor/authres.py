@@ -4,9 +4,9 @@ A round trip that arrives proves delivery, not reputation: the receiver's `Authe
 whether SPF, DKIM, DMARC (and ARC) passed, i.e. whether other receivers would junk or reject the same mail. The
 `Received` headers give the path: how many hops, and how long each took (from the timestamps the MTAs wrote).
 
-Only the topmost result per method counts: headers are prepended, so the first `Authentication-Results` is the one
-the last (receiving) server wrote; older ones may come from anywhere, including the sender. Label values are
-bounded: methods are the four below, results the RFC 8601 registry's (anything else reads `other`).
+Only the receiving server's headers count: headers are prepended, so the topmost `Authentication-Results` is the
+receiver's, and so are the others with its authserv-id; the rest may come from anywhere, including the sender.
+Label values are bounded: methods are the four below, results the RFC 8601 registry's (anything else: `other`).
 """
 
 from __future__ import annotations
@@ -54,11 +54,22 @@ def _uncomment(text: str) -> str:
 
 
 def parse_authentication_results(values: Iterable[str]) -> dict[str, str]:
-    """{method: result} for spf, dkim, dmarc and arc, from the header values in message order (topmost first)."""
+    """{method: result} for spf, dkim, dmarc and arc, from the header values in message order (topmost first).
+
+    Only headers of the topmost one's authserv-id count (RFC 8601 5: the receiver's own; several filters of one
+    receiver, e.g. an SPF policy service and a DKIM milter, each add one); the first result per method wins, except
+    that dkim keeps the best of several signatures."""
     found: dict[str, str] = {}
+    receiver: str | None = None
     for value in values:
         parts = _uncomment(" ".join(value.split())).split(";")
-        for resinfo in parts[1:]:  # parts[0] is the authserv-id (and version)
+        words = parts[0].split()
+        authserv_id = words[0].lower() if words else ""
+        if receiver is None:
+            receiver = authserv_id
+        elif authserv_id != receiver:
+            continue  # another server's (or a forged) header
+        for resinfo in parts[1:]:
             match = _RESINFO.match(resinfo)
             if match is None:
                 continue
@@ -68,8 +79,6 @@ def parse_authentication_results(values: Iterable[str]) -> dict[str, str]:
             result = result if result in AUTH_RESULTS else "other"
             if method not in found or (method == "dkim" and _rank(result) < _rank(found[method])):
                 found[method] = result
-        if found:
-            break  # the topmost header that says anything is the receiver's verdict
     return found
 
 

@@ -35,10 +35,12 @@ def test_parse_authentication_results(values: list[str], expected: dict[str, str
     assert parse_authentication_results(values) == expected
 
 
-def test_only_the_topmost_header_counts() -> None:
-    """Headers are prepended: the receiver's own is first; an older one (maybe the sender's) is ignored."""
-    values = ["receiver.example; spf=fail smtp.mailfrom=a@b.example", "sender.example; spf=pass; dkim=pass"]
-    assert parse_authentication_results(values) == {"spf": "fail"}
+def test_only_the_receivers_headers_count() -> None:
+    """Headers are prepended: the receiver's are on top (one per filter, same authserv-id); another server's
+    (maybe the sender's own claim) are ignored."""
+    values = ["receiver.example; spf=fail smtp.mailfrom=a@b.example", "sender.example; spf=pass; dkim=pass",
+              "Receiver.example 1; dkim=pass header.d=b.example; spf=pass"]
+    assert parse_authentication_results(values) == {"spf": "fail", "dkim": "pass"}
 
 
 def test_hop_delays_from_received_timestamps() -> None:
