@@ -99,11 +99,21 @@ class Result:
             "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
-            "ip_family": self.ip_family,
-            "auth_results": dict(self.auth_results),
-            "hops": self.hops,
-            "hop_delays": [round(d, 3) for d in self.hop_delays],
+            **self._issue16_fields(),
         }
+
+    def _issue16_fields(self) -> dict[str, Any]:
+        """Fields only results of newer settings have (ip_family, a round trip's receiver judgement): present only
+        when set, so the history (schema 1, whose rows mirror the fields above) still holds every field of the
+        other results. History keeps ip_family in its `check` column (`imap@ipv6`) and the Authentication-Results
+        and hops in the transcript line."""
+        extra: dict[str, Any] = {}
+        if self.ip_family is not None:
+            extra["ip_family"] = self.ip_family
+        if self.hops is not None:
+            extra.update(auth_results=dict(self.auth_results), hops=self.hops,
+                         hop_delays=[round(d, 3) for d in self.hop_delays])
+        return extra
 
 
 class ProbeContext:

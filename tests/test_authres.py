@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from monitor.authres import LoopCollector, auth_note, hop_delays, parse_authentication_results, read_headers
 from monitor.result import Result
 from tests.conftest import Lab
+from tests.fakes.dns_server import DnsServer
 from tests.test_roundtrip_lab import clean_inbox, roundtrip_target, runner, via  # noqa: F401  (fixture)
 
 
@@ -108,6 +109,27 @@ def _signed_target(lab: Lab):  # type: ignore[no-untyped-def]
     return dataclasses.replace(target, checks=checks)
 
 
+def _zone(spf: str) -> str:
+    """lab.test as the receiver's resolver sees it: only the SPF record (OpenDKIM reads its key elsewhere)."""
+    return f"""$TTL 60
+@  SOA ns hostmaster 1 60 60 60 30
+@  NS  ns
+ns A   127.0.0.3
+@  TXT "{spf}"
+"""
+
+
+@pytest.fixture
+async def lab_dns(lab: Lab) -> AsyncIterator[DnsServer]:
+    """The DNS server the lab's SPF policy service asks (127.0.0.3:53): lab.test allows 127.0.0.1 to send."""
+    server = DnsServer(_zone("v=spf1 ip4:127.0.0.1 -all"), "lab.test.")
+    await server.start(lab.env["LAB_SPF_NAMESERVER"], 53)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def dkim_key_fault(lab: Lab) -> Iterator[None]:
     lab.control("fault", "dkim-key", "on")
@@ -118,22 +140,37 @@ def dkim_key_fault(lab: Lab) -> Iterator[None]:
 
 
 @pytest.mark.lab
-async def test_signed_probe_is_judged_dkim_pass(lab: Lab, clean_inbox: None) -> None:  # noqa: F811
-    """A real Authentication-Results (OpenDKIM verifying the signature OpenDKIM made): dkim=pass, 3 hops."""
+async def test_signed_probe_is_judged_dkim_and_spf_pass(lab: Lab, clean_inbox: None,  # noqa: F811
+                                                       lab_dns: DnsServer) -> None:
+    """Real Authentication-Results: OpenDKIM verifying the signature OpenDKIM made, policyd-spf asking the DNS
+    server for lab.test's SPF record: dkim=pass, spf=pass, 3 hops."""
     target = _signed_target(lab)
     result = await runner().execute(target, via(target, "imap"))
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "pass"}
+    assert result.auth_results == {"dkim": "pass", "spf": "pass"}
+    assert ("lab.test.", "TXT") in lab_dns.queries
     assert result.hops == 3  # submission, inbound relay, LMTP
     assert auth_note([result]) == ""
 
 
 @pytest.mark.lab
 async def test_wrong_dkim_key_is_fail_while_delivery_stays_ok(lab: Lab, clean_inbox: None,  # noqa: F811
-                                                              dkim_key_fault: None) -> None:
+                                                              dkim_key_fault: None, lab_dns: DnsServer) -> None:
     """The published key is another one: dkim=fail is reported and named, the round trip itself is ok."""
     target = _signed_target(lab)
     result = await runner().execute(target, via(target, "imap"))
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "fail"}
+    assert result.auth_results == {"dkim": "fail", "spf": "pass"}
     assert "say DKIM fail" in auth_note([result])
+
+
+@pytest.mark.lab
+async def test_spf_record_excluding_the_sender_is_fail_while_delivery_stays_ok(
+        lab: Lab, clean_inbox: None, lab_dns: DnsServer) -> None:  # noqa: F811
+    """lab.test's SPF record allows another address only: spf=fail named, dkim still pass, delivered."""
+    lab_dns.load(_zone("v=spf1 ip4:192.0.2.1 -all"))
+    target = _signed_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.auth_results == {"dkim": "pass", "spf": "fail"}
+    assert "say SPF fail" in auth_note([result])

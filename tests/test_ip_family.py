@@ -111,7 +111,7 @@ targets:
         row = json.loads(line)
         results.append(Result(row["target"], row["check"], row["vantage"], row["ok"], row["started_at"],
                               row["duration_seconds"], row["phases"], stage=row["stage"], reason=row["reason"],
-                              detail=row["detail"], via=row["via"], ip_family=row["ip_family"]))
+                              detail=row["detail"], via=row["via"], ip_family=row.get("ip_family")))
     return results
 
 

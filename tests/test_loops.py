@@ -10,6 +10,8 @@ from monitor.config import Config, ConfigError, load_text
 from monitor.probes import probes_for
 from monitor.runner import Runner
 from tests.conftest import Lab
+from tests.fakes.dns_server import DnsServer
+from tests.test_authres import lab_dns  # noqa: F401  (fixture)
 from tests.test_roundtrip_lab import clean_inbox  # noqa: F401  (fixture)
 
 _ENV = {"P": "x", "K": "a probe key of sixteen characters"}
@@ -75,14 +77,16 @@ targets:
 
 
 @pytest.mark.lab
-async def test_loop_from_a_signing_sender_to_a_verifying_receiver(lab: Lab, clean_inbox: None) -> None:  # noqa: F811
-    """Submitted as other@ through the DKIM-signing port, read back as probe@: delivered, dkim=pass, 3 hops."""
+async def test_loop_from_a_signing_sender_to_a_verifying_receiver(lab: Lab, clean_inbox: None,  # noqa: F811
+                                                                  lab_dns: DnsServer) -> None:  # noqa: F811
+    """Submitted as other@ through the DKIM-signing port, read back as probe@: delivered, dkim and spf pass,
+    3 hops."""
     config = _lab_loop(lab, int(lab.env["LAB_SIGNED_SUBMISSION_PORT"]))
     receiver = config.targets[1]
     trip = next(c for c in receiver.checks if c.name == "roundtrip")
     result = await Runner("test", probes=probes_for(config)).execute(receiver, trip)
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "pass"} and result.hops == 3
+    assert result.auth_results == {"dkim": "pass", "spf": "pass"} and result.hops == 3
     assert any("submitting through target sender" in line for line in result.transcript)
     assert not Path(lab.env["LAB_OTHER_MAILDIR"], "new").exists() or all(
         b"X-Mailmon-Probe" not in p.read_bytes() for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir())

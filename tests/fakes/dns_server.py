@@ -36,9 +36,9 @@ class DnsServer(asyncio.DatagramProtocol):
     def load(self, zone_text: str) -> None:
         self.zone = dns.zone.from_text(zone_text, origin=self.origin, relativize=False)
 
-    async def start(self, host: str = "127.0.0.3") -> tuple[str, int]:
+    async def start(self, host: str = "127.0.0.3", port: int = 0) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self.transport = transport
         address: tuple[str, int] = transport.get_extra_info("sockname")
         return address[0], address[1]
