@@ -110,12 +110,13 @@ def _signed_target(lab: Lab):  # type: ignore[no-untyped-def]
 
 
 def _zone(spf: str) -> str:
-    """lab.test as the receiver's resolver sees it: only the SPF record (OpenDKIM reads its key elsewhere)."""
+    """lab.test as the receiver's resolver sees it: SPF and DMARC records (OpenDKIM reads its key elsewhere)."""
     return f"""$TTL 60
 @  SOA ns hostmaster 1 60 60 60 30
 @  NS  ns
 ns A   127.0.0.3
 @  TXT "{spf}"
+_dmarc TXT "v=DMARC1; p=reject"
 """
 
 
@@ -142,14 +143,14 @@ def dkim_key_fault(lab: Lab) -> Iterator[None]:
 @pytest.mark.lab
 async def test_signed_probe_is_judged_dkim_and_spf_pass(lab: Lab, clean_inbox: None,  # noqa: F811
                                                        lab_dns: DnsServer) -> None:
-    """Real Authentication-Results: OpenDKIM verifying the signature OpenDKIM made, policyd-spf asking the DNS
-    server for lab.test's SPF record: dkim=pass, spf=pass, 3 hops."""
+    """Real Authentication-Results: OpenDKIM verifying the signature OpenDKIM made, policyd-spf and OpenDMARC asking
+    the DNS server for lab.test's SPF and DMARC records: all pass, 4 hops."""
     target = _signed_target(lab)
     result = await runner().execute(target, via(target, "imap"))
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "pass", "spf": "pass"}
-    assert ("lab.test.", "TXT") in lab_dns.queries
-    assert result.hops == 3  # submission, inbound relay, LMTP
+    assert result.auth_results == {"dkim": "pass", "spf": "pass", "dmarc": "pass"}
+    assert {("lab.test.", "TXT"), ("_dmarc.lab.test.", "TXT")} <= set(lab_dns.queries)
+    assert result.hops == 4  # submission, inbound (DKIM, SPF), DMARC hop, LMTP
     assert auth_note([result]) == ""
 
 
@@ -160,8 +161,21 @@ async def test_wrong_dkim_key_is_fail_while_delivery_stays_ok(lab: Lab, clean_in
     target = _signed_target(lab)
     result = await runner().execute(target, via(target, "imap"))
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "fail", "spf": "pass"}
+    assert result.auth_results == {"dkim": "fail", "spf": "pass", "dmarc": "pass"}  # DMARC passes on aligned SPF
     assert "say DKIM fail" in auth_note([result])
+
+
+@pytest.mark.lab
+async def test_dkim_and_spf_failing_is_dmarc_fail_while_delivery_stays_ok(
+        lab: Lab, clean_inbox: None, dkim_key_fault: None, lab_dns: DnsServer) -> None:  # noqa: F811
+    """Wrong key and an SPF record excluding the sender: DMARC (p=reject) fails too, named; the lab still delivers
+    (RejectFailures false), as a lenient receiver would, and the round trip is ok."""
+    lab_dns.load(_zone("v=spf1 ip4:192.0.2.1 -all"))
+    target = _signed_target(lab)
+    result = await runner().execute(target, via(target, "imap"))
+    assert result.ok, result.detail
+    assert result.auth_results == {"dkim": "fail", "spf": "fail", "dmarc": "fail"}
+    assert "say DKIM fail, DMARC fail, SPF fail" in auth_note([result])
 
 
 @pytest.mark.lab
@@ -172,5 +186,5 @@ async def test_spf_record_excluding_the_sender_is_fail_while_delivery_stays_ok(
     target = _signed_target(lab)
     result = await runner().execute(target, via(target, "imap"))
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "pass", "spf": "fail"}
+    assert result.auth_results == {"dkim": "pass", "spf": "fail", "dmarc": "pass"}  # DMARC passes on aligned DKIM
     assert "say SPF fail" in auth_note([result])

@@ -79,14 +79,14 @@ targets:
 @pytest.mark.lab
 async def test_loop_from_a_signing_sender_to_a_verifying_receiver(lab: Lab, clean_inbox: None,  # noqa: F811
                                                                   lab_dns: DnsServer) -> None:  # noqa: F811
-    """Submitted as other@ through the DKIM-signing port, read back as probe@: delivered, dkim and spf pass,
-    3 hops."""
+    """Submitted as other@ through the DKIM-signing port, read back as probe@: delivered, DKIM, SPF and DMARC pass,
+    4 hops."""
     config = _lab_loop(lab, int(lab.env["LAB_SIGNED_SUBMISSION_PORT"]))
     receiver = config.targets[1]
     trip = next(c for c in receiver.checks if c.name == "roundtrip")
     result = await Runner("test", probes=probes_for(config)).execute(receiver, trip)
     assert result.ok, result.detail
-    assert result.auth_results == {"dkim": "pass", "spf": "pass"} and result.hops == 3
+    assert result.auth_results == {"dkim": "pass", "spf": "pass", "dmarc": "pass"} and result.hops == 4
     assert any("submitting through target sender" in line for line in result.transcript)
     assert not Path(lab.env["LAB_OTHER_MAILDIR"], "new").exists() or all(
         b"X-Mailmon-Probe" not in p.read_bytes() for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir())
