@@ -188,3 +188,13 @@ async def test_spf_record_excluding_the_sender_is_fail_while_delivery_stays_ok(
     assert result.ok, result.detail
     assert result.auth_results == {"dkim": "pass", "spf": "fail", "dmarc": "pass"}  # DMARC passes on aligned DKIM
     assert "say SPF fail" in auth_note([result])
+
+
+@pytest.mark.lab
+async def test_pop3_read_back_reports_the_same_judgement(lab: Lab, clean_inbox: None,  # noqa: F811
+                                                         lab_dns: DnsServer) -> None:
+    """Over POP3 the header block comes with the TOP that found the probe: the same results and hops."""
+    target = _signed_target(lab)
+    result = await runner().execute(target, via(target, "pop3"))
+    assert result.ok, result.detail
+    assert result.auth_results == {"dkim": "pass", "spf": "pass", "dmarc": "pass"} and result.hops == 4

@@ -46,6 +46,8 @@ class Found:
     header: ProbeHeader
     seen_at: float
     folder: str
+    # The whole header block when the look already fetched it (POP3's TOP), for Authentication-Results.
+    block: bytes | None = None
 
 
 @dataclass
@@ -298,6 +300,7 @@ class Pop3Readback:
         self.check = check
         self.key = key
         self.baseline: set[str] = set()
+        self.last_block: bytes | None = None
         self.session: Pop3Session | None = None
         self._opened = False
         user = target.auth.username if target.auth else ""
@@ -332,14 +335,16 @@ class Pop3Readback:
             session.close()
 
     async def _top(self, session: Pop3Session, number: int) -> str | None:
-        """The probe header of message `number`; None when it has none or was expunged meanwhile."""
+        """The probe header of message `number`; None when it has none or was expunged meanwhile. The whole header
+        block is kept in `self.last_block` (the probe's Authentication-Results and Received chain)."""
         try:
             await session.command(f"TOP {number} 0", "fetch")
         except ProbeError:
             # Another session (an IMAP reader, a peer monitor) removed it after our login: not ours to judge.
             return None
         lines = await session.multiline("fetch", max_lines=10_000)
-        return _probe_header("\r\n".join(lines).encode("utf-8", "replace") + b"\r\n\r\n")
+        self.last_block = "\r\n".join(lines).encode("utf-8", "replace") + b"\r\n\r\n"
+        return _probe_header(self.last_block)
 
     async def poll(self, probe_id: str) -> Found | None:
         session, seen_at, listing = await self._login(ProbeContext())
@@ -352,7 +357,8 @@ class Pop3Readback:
                 header = verify(self.key, value) if value else None
                 if header is not None and header.probe_id == probe_id:
                     self.session, keep_open = session, True
-                    return Found(ref=f"{number} {uidl}", header=header, seen_at=seen_at, folder="INBOX")
+                    return Found(ref=f"{number} {uidl}", header=header, seen_at=seen_at, folder="INBOX",
+                                 block=self.last_block)
                 self.baseline.add(uidl)
             await session.quit()
             return None
@@ -382,7 +388,7 @@ class Pop3Readback:
         return {}  # POP3 has no quota command
 
     async def header_block(self, found: Found) -> bytes | None:
-        return None  # not read over POP3 yet (a second TOP of the whole header would be needed)
+        return found.block  # TOP n 0 already gave the whole header block
 
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
         report = SweepReport()
