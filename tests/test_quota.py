@@ -224,3 +224,35 @@ async def test_probe_lost_with_room_in_the_mailbox_stays_not_delivered(lab: Lab,
     finally:
         subprocess.run([str(MAIL_LAB), "fault", "hold", "off"], capture_output=True, text=True, timeout=60)
     assert (result.stage, result.reason) == ("delivery", "not_delivered"), result.detail
+
+
+@pytest.mark.lab
+async def test_bounce_to_the_submitting_target_names_the_full_mailbox(lab: Lab, empty_full_mailbox: None,
+                                                                      quota_late: None) -> None:
+    """A loop (submit_via) read back over POP3, which has no quota to ask: the DSN that LMTP's refusal sent to the
+    sender's mailbox says 5.2.2, so the round trip is delivery/mailbox_full; that DSN is deleted, nothing else."""
+    _deliver(lab, int(lab.env["LAB_FULL_QUOTA_MESSAGES"]))
+    tls = f"tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}"
+    config = load_text(f"""vantage: test
+probe_key: {{file: {lab.env["LAB_PROBE_KEY_FILE"]}}}
+targets:
+  - name: sender
+    host: {lab.host}
+    {tls}
+    auth: {{username: {lab.env["LAB_OTHER_USER"]}, password_file: {lab.env["LAB_OTHER_PASSWORD_FILE"]}}}
+    smtp: {{port: 587, tls: starttls}}
+    imap: {{port: 993, tls: implicit}}
+  - name: full
+    host: {lab.host}
+    {tls}
+    auth: {{username: {lab.env["LAB_FULL_USER"]}, password_file: {lab.env["LAB_FULL_PASSWORD_FILE"]}}}
+    pop3: {{port: 995, tls: implicit}}
+    roundtrip: {{via: pop3, submit_via: sender, timeout: 8s}}
+""", "loop.yaml")
+    before = {p.name for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir()}
+    receiver = config.targets[1]
+    result = await Runner("test", probes=probes_for(config)).execute(receiver, receiver.checks[-1])
+    assert (result.stage, result.reason) == ("delivery", "mailbox_full"), result.detail
+    assert "bounced to the sender (sender): Status 5.2.2" in result.detail
+    after = {p.name for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir()}
+    assert after <= before, "the bounce was left in the sender's mailbox"

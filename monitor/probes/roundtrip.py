@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from monitor.authres import read_headers
+from monitor.bounces import Bounce, parse_dsn
 from monitor.config import CheckSettings, Secret, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
@@ -114,6 +115,8 @@ class RoundTrip:
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
+                if submitter is not target:
+                    await self._bounced(ctx, submitter, header)
                 await self._refused_for_quota(ctx, reader, size, accepted_at)
                 raise ProbeError("delivery", "not_delivered",
                                  f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not visible "
@@ -201,6 +204,39 @@ class RoundTrip:
         said = " ".join(f"{method}={value}" for method, value in sorted(results.items())) or "none"
         ctx.note(f"Authentication-Results: {said}; {hops} Received hops, delays "
                  + ", ".join(f"{d:.0f}s" for d in delays))
+
+    async def _bounced(self, ctx: ProbeContext, submitter: Target, header: ProbeHeader) -> None:
+        """A probe that never arrived may have bounced to its sender: the submitting target's mailbox (over its imap
+        block) holds the DSN, which says why (`5.2.2`: the recipient's mailbox is full). The DSN is deleted."""
+        imap = submitter.settings("imap")
+        if imap is None:
+            return
+        key = self.key.reveal().encode()
+        sender_ctx = ProbeContext()
+        mailbox = ImapReadback(sender_ctx, submitter, imap, key)
+        bounce: Bounce | None = None
+        try:
+            await mailbox.open()
+            # TEXT, not BODY: the probe's header is in the DSN's returned message/rfc822 part, which Dovecot's BODY
+            # search leaves out.
+            for uid in await mailbox._search("TEXT", f'"{header.probe_id}"'):
+                response = await mailbox.session.watch(mailbox._protocol.fetch(str(uid), "(BODY.PEEK[])", by_uid=True))
+                raw = next((bytes(line) for line in response.lines if isinstance(line, bytearray)), b"")
+                found = parse_dsn(raw, key)
+                if found is not None and found.probe.probe_id == header.probe_id:
+                    bounce = found
+                    await mailbox.delete(Found(str(uid), found.probe, time.perf_counter(), mailbox.folder))
+                    break
+        except Exception as exc:  # the sender's mailbox is a clue, never a failure of its own
+            log.debug("looking for a bounce in %s: %s", submitter.name, exc)
+        finally:
+            mailbox.close()
+        if bounce is None:
+            return
+        reason = "mailbox_full" if bounce.status[2:].startswith("2.2") else "not_delivered"
+        raise ProbeError("delivery", reason, f"accepted by the server (queue id {ctx.queue_id or 'unknown'}), then "
+                                             f"bounced to the sender ({submitter.name}): Status {bounce.status}, "
+                                             f"{bounce.diagnostic or 'no diagnostic'}")
 
     async def _refused_for_quota(self, ctx: ProbeContext, reader: Readback, size: int, accepted_at: float) -> None:
         """Raise `delivery/mailbox_full` when the read-back mailbox has no room for the probe.
