@@ -38,6 +38,7 @@ RECEIVERS = {
     "MailmonCertificateExpiringSoon": "mail-oncall",
     "MailmonCertificateExpired": "mail-oncall",
     "MailmonMailboxNearlyFull": "mail-oncall",
+    "MailmonAuthenticationFailing": "mail-oncall",
     "MailmonSiteFault": "site-owners",
     "MailmonVantageDown": "mailmon-owners",
     "MailmonLocalResourcesExhausted": "mailmon-owners",
