@@ -169,6 +169,15 @@ async def test_a_rotated_refresh_token_is_on_disk_before_it_is_needed(lab: Lab, 
     assert idp.token_requests() == 3  # two by mailmon, one by this test
 
 
+async def test_a_public_client_refreshes_without_a_secret(lab: Lab, idp: Idp, tmp_path: Path) -> None:
+    """grant refresh_token without a client secret (the public client a device-code sign-in uses) signs in."""
+    config = load(config_yaml(target_yaml(lab, idp, "lab", "refresh_token_public", "oauthbearer", tmp_path,
+                                          RECEIVE_AND_SEND)))
+    results = await run_all(config)
+    assert not failures(results), "\n".join(failures(results))
+    assert idp.stats()["token_requests"] == {"refresh_token": 1}
+
+
 ROTATE_FOREVER = """
 import asyncio, sys
 from monitor.config import load

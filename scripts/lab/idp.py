@@ -417,7 +417,12 @@ class Handler(BaseHTTPRequestHandler):
         raise OAuthError("unsupported_grant_type", f"grant_type {grant[:60]} is not supported")
 
     def refresh_grant(self, form: dict[str, str]) -> dict[str, Any]:
-        client_id = self.client(form)
+        # The lab app registration also allows public-client flows (Entra's "Allow public client flows", as a
+        # device-code sign-in on a monitoring host uses): a client that sends credentials must pass them, one
+        # that sends none names itself with client_id (RFC 6749 6 and 3.2.1).
+        client_id = self.client(form, required=False)
+        if client_id is None:
+            raise OAuthError("invalid_request", "client_id is missing")
         token = form.get("refresh_token")
         if token is None:
             raise OAuthError("invalid_request", "refresh_token is missing")
@@ -429,8 +434,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise OAuthError("invalid_grant", "the refresh token was issued to another client")
             # Rotation: the old refresh token ends the moment its successor is issued.
             record["active"] = False
-            return self.state.issue(record["username"], client_id or CLIENT_ID, form.get("scope", ""),
-                                    with_refresh=True)
+            return self.state.issue(record["username"], client_id, form.get("scope", ""), with_refresh=True)
 
     def jwt_bearer(self, form: dict[str, str]) -> dict[str, Any]:
         """RFC 7523 2.1 with Google's service-account rules: iss = client_email, kid = private_key_id,
