@@ -86,6 +86,19 @@ async def test_every_port_signs_in_with_a_token(lab: Lab, idp: Idp, tmp_path: Pa
     assert after["token_requests_total"] - before["token_requests_total"] == expected
 
 
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_a_token_as_long_as_entra_ids_signs_in_everywhere(lab: Lab, idp: Idp, tmp_path: Path,
+                                                                mechanism: str) -> None:
+    """Entra ID's access tokens are JWTs of 1.5-3 KB, not the lab's 43 characters: 3 KB passes on every port
+    (Dovecot's login processes take a SASL response up to 8 KB of base64, about a 6 KB token)."""
+    idp.control("token_size", bytes=3000)
+    config = load(config_yaml(target_yaml(lab, idp, "starttls", "secret", mechanism, tmp_path, STARTTLS),
+                              target_yaml(lab, idp, "implicit", "secret", mechanism, tmp_path, IMPLICIT)))
+    results = await run_all(config)
+    assert not failures(results), "\n".join(failures(results))
+    assert len(idp.issued()["access_tokens"][0]) == 3000
+
+
 async def test_one_token_serves_every_check_of_an_identity(lab: Lab, idp: Idp, tmp_path: Path) -> None:
     """3 targets x 3 checks sharing an identity, over 10 cycles: one token request, never two at once (each
     request takes the IdP 0.3 s, so a stampede of nine would overlap there)."""

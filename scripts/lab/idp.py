@@ -131,6 +131,7 @@ class State:
             self.valid_for: int | None = None   # how long tokens pass introspection (None: expires_in)
             self.assertions: list[str] = []     # every JWT received, for tests that scan output for secrets
             self.delay = 0.0
+            self.token_bytes = 43               # access token length (Entra ID's JWTs are 1.5-3 KB)
             self.hang_seconds = 60.0
             self.device_script: list[str] = []
             self.device_user = CLIENT_MAILBOX
@@ -147,7 +148,7 @@ class State:
 
     def issue(self, username: str, client_id: str, scope: str, with_refresh: bool) -> dict[str, Any]:
         """A token reply (RFC 6749 5.1); the lock is held by the caller."""
-        access = secrets.token_urlsafe(32)
+        access = secrets.token_urlsafe(max(32, self.token_bytes))[:max(self.token_bytes, 16)]
         expires_in = self.expires_in
         valid_for = self.valid_for if self.valid_for is not None else expires_in
         self.access[access] = {"username": username, "client_id": client_id, "scope": scope,
@@ -579,6 +580,9 @@ class Handler(BaseHTTPRequestHandler):
                 state.expires_in = int(document["seconds"])
                 valid_for = document.get("valid_for")
                 state.valid_for = int(valid_for) if valid_for is not None else None
+        elif name == "token_size":
+            with state.lock:
+                state.token_bytes = int(document["bytes"])
         elif name == "delay":
             with state.lock:
                 state.delay = float(document["seconds"])
