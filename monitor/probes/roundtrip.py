@@ -81,6 +81,8 @@ class RoundTrip:
                  on_swept: Callable[[str, int], None] = lambda target, n: None) -> None:
         self.key = key
         self.vantage = vantage
+        # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
+        self.known_plain: dict[tuple[str, int, str], set[str]] = {}
         self.on_late = on_late
         self.on_swept = on_swept
 
@@ -88,7 +90,9 @@ class RoundTrip:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
-        return Pop3Readback(ctx, target, check, key)
+        user = target.auth.username if target.auth else ""
+        known = self.known_plain.setdefault((target.host, check.port, user), set())
+        return Pop3Readback(ctx, target, check, key, known)
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
         submission = target.settings("smtp")
