@@ -23,6 +23,7 @@ import pytest
 from monitor.errors import MailmonError
 from monitor.history import SCHEMA_VERSION, History, HistoryError, latest, query, redact, redact_lines, row_from_result
 from monitor.result import Result, TlsFacts
+from tests import builders
 
 WRITER = Path(__file__).resolve().parent / "history_writer.py"
 DAY = 86400.0
@@ -33,10 +34,9 @@ BASE = float(int(time.time()) - DAY)
 def make_result(seq: int = 0, *, target: str = "lab", check: str = "smtp", ok: bool = True,
                 started_at: float | None = None, via: str | None = None,
                 transcript: list[str] | None = None) -> Result:
-    return Result(
-        target=target, check=check, vantage="test", ok=ok,
-        started_at=time.time() if started_at is None else started_at, duration_seconds=0.125,
-        phases={"dns": 0.001, "connect": 0.002}, stage=None if ok else "rcpt", reason=None if ok else "reply_5xx",
+    return builders.result(
+        target, check, ok=ok, started_at=time.time() if started_at is None else started_at, duration=0.125,
+        phases={"dns": 0.001, "connect": 0.002}, stage="rcpt", reason="reply_5xx",
         detail=f"seq {seq}", transcript=transcript if transcript is not None else [f"C: NOOP {seq}"], via=via,
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aioimaplib.aioimaplib import Response
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, Secret
 from monitor.probe_message import new_probe, parse_header, verify
 from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, Pop3Readback, is_stale
 from monitor.probes.roundtrip import RoundTrip
@@ -18,9 +18,9 @@ KEY = b"unit-test-probe-key-0123456789"
 
 
 def _readback() -> ImapReadback:
-    check = CheckSettings(name="roundtrip", port=993, tls_mode="implicit", interval=60, timeout=20, via="imap",
-                          recipient="p@x.test", junk_folders=DEFAULT_JUNK_FOLDERS)
-    target = Target(name="t", host="127.0.0.1", tls=TlsSettings(), auth=Auth("p@x.test", Secret("pw")), checks=(check,))
+    check = builders.check("roundtrip", port=993, tls_mode="implicit", timeout=20, via="imap", recipient="p@x.test",
+                           junk_folders=DEFAULT_JUNK_FOLDERS)
+    target = builders.target("t", check, host="127.0.0.1", auth=Auth("p@x.test", Secret("pw")))
     return ImapReadback(ProbeContext(), target, check, KEY)
 
 

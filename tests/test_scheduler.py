@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 import looptime
 import pytest
 
-from monitor.config import CheckSettings, Target, TlsSettings
+from monitor.config import CheckSettings, Target
 from monitor.scheduler import Scheduler
+from tests import builders
 
 pytestmark = pytest.mark.looptime
 
@@ -22,9 +23,9 @@ INTERVAL = 0.05
 
 
 def make_target(name: str, checks: tuple[str, ...] = ("smtp",), interval: float = INTERVAL) -> Target:
-    settings = tuple(CheckSettings(name=check, port=25, tls_mode="none", interval=interval, timeout=interval,
-                                   use_auth=False) for check in checks)
-    return Target(name=name, host="127.0.0.1", tls=TlsSettings(), auth=None, checks=settings)
+    settings = (builders.check(check, tls_mode="none", interval=interval, timeout=interval, use_auth=False)
+                for check in checks)
+    return builders.target(name, *settings, host="127.0.0.1", auth=None)
 
 
 class FakeRun:
