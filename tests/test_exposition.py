@@ -134,4 +134,4 @@ def test_values_format_as_prometheus_client_does() -> None:
     from prometheus_client.utils import floatToGoString
 
     for value in (0.0, 1.0, 999.0, 1000.0, 0.25, 1e-7, 1_700_000_000.5, 1.8e9, float("inf"), -2.0):
-        assert format_value(value) == floatToGoString(value)
+        assert format_value(value) == floatToGoString(value)  # type: ignore[no-untyped-call]

@@ -35,7 +35,8 @@ def test_smtp_reply_reason_names_a_full_mailbox_only(code: int, message: str, re
 
 def test_parse_quota_reads_every_resource() -> None:
     """STORAGE and MESSAGE of a QUOTA response; unlimited (0) and malformed triples are left out."""
-    lines = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)', b"Getquotaroot completed"]
+    lines: list[bytes | bytearray | str] = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)',
+                                             b"Getquotaroot completed"]
     assert parse_quota(lines) == {"STORAGE": (2, 1024), "MESSAGE": (3, 3)}
 
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def monitors(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
     running = [Monitor(_config(tmp, lab, vantage), tmp / f"{vantage}.log") for vantage in VANTAGES]
     try:
         for monitor in running:
-            wait_for(lambda m=monitor: m.verdict("lab") == "ok", "each monitor to see the lab healthy", limit=20)
+            wait_for(_verdict_is(monitor, "ok"), "each monitor to see the lab healthy", limit=20)
         yield running
     finally:
         for monitor in running:
@@ -61,17 +61,21 @@ def monitors(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         lab.control("fault", "reset")
 
 
+def _verdict_is(monitor: Monitor, verdict: str) -> Callable[[], bool]:
+    return lambda: monitor.verdict("lab") == verdict
+
+
 @pytest.fixture
 def smtp_down(lab: Lab, monitors: list[Monitor]) -> Iterator[None]:
     lab.control("fault", "smtp", "on")
     try:
         for monitor in monitors:
-            wait_for(lambda m=monitor: m.verdict("lab") == "smtp_down", "each monitor to see SMTP down", limit=20)
+            wait_for(_verdict_is(monitor, "smtp_down"), "each monitor to see SMTP down", limit=20)
         yield
     finally:
         lab.control("fault", "smtp", "off")
         for monitor in monitors:
-            wait_for(lambda m=monitor: m.verdict("lab") == "ok", "each monitor to see the lab healthy", limit=20)
+            wait_for(_verdict_is(monitor, "ok"), "each monitor to see the lab healthy", limit=20)
 
 
 def _ask(monitors: list[Monitor], tmp: Path, lab: Lab, reported: str) -> subprocess.CompletedProcess[str]:

@@ -163,7 +163,7 @@ def test_board_is_not_ok_before_every_check_reported() -> None:
 
 
 @pytest.mark.parametrize("reason", ["timeout", "reset", "reply_4xx", "reply_5xx", "protocol"])
-def test_login_failure_of_any_reason_is_never_an_outage(reason: str) -> None:
+def test_login_failure_of_any_reason_is_never_an_outage(reason: Reason) -> None:
     """A login that fails in any way (a server delaying a wrong password into `auth/timeout`) reads as auth_failed."""
     assert decide(classify_result(r) for r in [result("smtp"), result("imap", "auth", reason),
                                                result("pop3", "auth", reason)]) == "auth_failed"
