@@ -93,6 +93,14 @@ def _warm_uvloop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the mail lab, directly or through another fixture, is marked `lab`: `-m "not lab"`
+    (scripts/test --unit) then leaves out exactly the tests that need it, whether or not their file says so."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
+
+
 @pytest.fixture(scope="session")
 def lab() -> Lab:
     """The running mail lab; fails (never skips) when it is not running: CI starts it, so must you."""
