@@ -20,6 +20,8 @@ from tests.conftest import free_port, mailmon_command
 from tests.processes import Daemon, http_get, query, wait_for
 from tests.tools import tool
 
+pytestmark = pytest.mark.slow  # each test starts a `mailmon run` process
+
 USER, PASSWORD = "prometheus", "scrape-Secret-42"
 
 
@@ -107,6 +109,7 @@ def test_plain_http_is_refused(secured: tuple[str, Path]) -> None:
     assert b"mailmon_" not in answer
 
 
+@pytest.mark.prometheus
 def test_prometheus_scrapes_with_tls_and_basic_auth(tmp_path: Path, secured: tuple[str, Path]) -> None:
     """A real Prometheus with the matching scrape config (https, CA, basic auth) scrapes the monitor."""
     url, cert = secured
