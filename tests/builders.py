@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings
 from monitor.result import Result, TlsFacts
 from monitor.steps import Reason, Stage
 
-__all__ = ["check", "config_file", "result", "target"]
+if TYPE_CHECKING:
+    from tests.conftest import Lab
+
+__all__ = ["LAB_CHECKS", "check", "config_file", "lab_config", "result", "target"]
 
 # The tests' fixed instant (2023-11-14): results that need no real time say when they ran with this.
 T0 = 1_700_000_000.0
@@ -48,6 +51,22 @@ def result(target: str = "mx1", check: str = "smtp", *, stage: Stage | None = No
                   duration_seconds=duration, phases={} if phases is None else phases,
                   stage=(stage or "connect") if failed else None, reason=(reason or "timeout") if failed else None,
                   tls=tls or TlsFacts(), **fields)
+
+
+# The lab target's usual checks in a config file: submission with STARTTLS, IMAPS and POP3S.
+LAB_CHECKS = ("smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
+              "pop3: {port: 995, tls: implicit}")
+
+
+def lab_config(directory: Path, lab: Lab, head: str, *checks: str, name: str = "config.yaml",
+               password: str | None = None, host: str | None = None, tail: str = "") -> Path:
+    """A config file for a monitor aimed at the lab: `head` (vantage, defaults, ...), then `targets:` with the lab
+    target (`checks`, default LAB_CHECKS) logging in with `password` (the lab's) from the file `password`, then
+    `tail`."""
+    secret = directory / "password"
+    secret.write_text(lab.password if password is None else password)
+    target = lab.target_yaml("lab", f"password_file: {secret}", *(checks or LAB_CHECKS), host=host)
+    return config_file(directory, f"{head}targets:\n{target}{tail}", name)
 
 
 def config_file(directory: Path, text: str, name: str = "config.yaml", *, secrets: dict[str, str] | None = None,

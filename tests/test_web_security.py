@@ -16,6 +16,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from tests import builders
 from tests.conftest import free_port, mailmon_command
 from tests.processes import Daemon, http_get, query, wait_for
 from tests.tools import tool
@@ -36,13 +37,11 @@ def _tls_material(tmp: Path) -> tuple[Path, Path]:
 
 
 def _config(tmp: Path, targets: list[str]) -> Path:
-    path = tmp / "config.yaml"
     blocks = "".join(f"""  - name: {name}
     host: 127.0.0.1
     smtp: {{port: {free_port()}, tls: none}}
 """ for name in targets)
-    path.write_text(f"vantage: web\ndefaults: {{interval: 60s, timeout: 5s}}\ntargets:\n{blocks}")
-    return path
+    return builders.config_file(tmp, f"vantage: web\ndefaults: {{interval: 60s, timeout: 5s}}\ntargets:\n{blocks}")
 
 
 @pytest.fixture
