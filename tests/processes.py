@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -56,6 +59,18 @@ def wait_listening(host: str, port: int, what: str, limit: float = 20.0,
                 return
         time.sleep(0.05)
     raise AssertionError(f"{what} does not listen on {host}:{port}")
+
+
+def end_session(process: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon started in a session of its own (`start_new_session=True`) with all its children: SIGTERM to
+    the group, SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):  # it may have exited already
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def terminate(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:

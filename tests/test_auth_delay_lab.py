@@ -7,9 +7,7 @@ directory, started and stopped by this module (the lab's Dovecot keeps no delay 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import pytest
 from monitor.result import Result
 from monitor.verdict import VerdictBoard, describe
 from tests.conftest import Lab, run_once
-from tests.processes import wait_listening
+from tests.processes import end_session, wait_listening
 
 pytestmark = pytest.mark.lab
 
@@ -73,12 +71,7 @@ def delaying_dovecot(lab: Lab) -> Iterator[None]:
         wait_listening(lab.host, POP3S_PORT, "the delaying Dovecot", limit=5)
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_session(proc)
         subprocess.run(["rm", "-rf", str(run)], check=False)
 
 

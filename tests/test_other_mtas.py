@@ -9,11 +9,9 @@ own files are never changed. OpenSMTPD needs more private places (see OPENSMTPD_
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 
 from monitor.config import CheckSettings, Target
 from tests.conftest import Lab
-from tests.processes import wait_listening
+from tests.processes import end_session, wait_listening
 from tests.test_roundtrip_lab import roundtrip_target, runner, via
 
 pytestmark = pytest.mark.lab
@@ -120,13 +118,7 @@ def _serve(lab: Lab, run: Path, port: int, command: list[str]) -> Iterator[Path]
         wait_listening(lab.host, port, "the MTA", process=proc, log=out)
         yield run
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited (the wait above says why)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_session(proc)
         shutil.rmtree(run, ignore_errors=True)
 
 
