@@ -17,6 +17,7 @@ from monitor.durations import format_duration
 from monitor.errors import ProbeError, classify
 from monitor.probes import PROBES, Probe
 from monitor.result import ProbeContext, Result
+from monitor.steps import Reason, Stage
 from monitor.tls import handshake_observer
 
 __all__ = ["Runner", "Sink"]
@@ -57,8 +58,8 @@ class Runner:
         except asyncio.CancelledError:
             task.cancel()
             raise
-        stage: str | None = None
-        reason: str | None = None
+        stage: Stage | None = None
+        reason: Reason | None = None
         detail = ""
         if not done:
             stage, reason = ctx.stage, "timeout"

@@ -142,7 +142,7 @@ def value_mappings(mappings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def recorded_series() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for path in sorted(RULES_DIR.glob("*.yml")):
         for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
             names.update(rule["record"] for rule in group.get("rules", []) if "record" in rule)

@@ -19,6 +19,8 @@ from tests.conftest import ROOT, free_port
 from tests.processes import wait_for
 from tests.tools import tool
 
+pytestmark = pytest.mark.slow  # builds the image's virtualenv
+
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The image runs as this unprivileged user; the test runs the entrypoint as "nobody" to the same effect.
 NOBODY = 65534
@@ -82,6 +84,7 @@ def test_runtime_install_has_no_test_dependencies(image_env: Path) -> None:
     assert not names & {"pytest", "aiosmtpd", "hypothesis", "mypy", "ruff"}
 
 
+@pytest.mark.root  # setpriv to the unprivileged user
 def test_entrypoint_runs_unprivileged_and_healthcheck_passes(image_env: Path, image_root: Path) -> None:
     """ENTRYPOINT + CMD as written (config, port swapped) serve as an unprivileged user; the HEALTHCHECK passes."""
     port = free_port()

@@ -17,9 +17,15 @@ from monitor.probes.signin import credential, policy_refusal, renewed
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
+from monitor.steps import IMPLICIT_TLS, PASSWORD, STARTTLS, TOKEN, Kind, Reason, Stage, declare, run
 from monitor.tls import client_context
 
 __all__ = ["Pop3Session", "probe"]
+
+# The steps of the `pop3` check in order (monitor/steps.py): its metric series, verdict side and docs rows.
+STEPS = declare(Kind("pop3", side="receive", steps=run(
+    "dns", "connect", (IMPLICIT_TLS, ("tls",)), "greeting", (STARTTLS, ("stls",)), (PASSWORD, ("user", "pass")),
+    (TOKEN, ("token", "auth")), "stat", "quit")))
 
 # RFC 1939 caps a response line at 512 octets; allow generous slack for real servers, not megabytes.
 _LINE_LIMIT = 64 * 1024
@@ -57,6 +63,7 @@ class Pop3Session:
             ctx.step("greeting")
         greeting = await self._line("greeting")
         if not greeting.startswith("+OK"):
+            reason: Reason
             if _TEMPORARY.match(greeting):
                 reason = "reply_4xx"
             else:
@@ -119,13 +126,14 @@ class Pop3Session:
             return None
         if not reply.startswith("-ERR"):
             return ProbeError("auth", "protocol", f"AUTH {name}: not a POP3 status line: {reply[:200]!r}")
+        reason: Reason
         if _TEMPORARY.match(reply):
             reason = "reply_4xx"
         else:
             reason = "auth_disabled" if policy_refusal(reply) else "auth_rejected"
         return ProbeError("auth", reason, f"AUTH {name}: {reply[:300]}" + (f" ({challenge})" if challenge else ""))
 
-    async def _read_line(self, stage: str) -> str:
+    async def _read_line(self, stage: Stage) -> str:
         """One line from the server, without its line end; too long is a protocol error, EOF a reset."""
         assert self.reader is not None
         try:
@@ -136,12 +144,13 @@ class Pop3Session:
             raise ConnectionResetError("the server closed the connection") from exc
         return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
-    async def _line(self, stage: str) -> str:
+    async def _line(self, stage: Stage) -> str:
         line = await self._read_line(stage)
         self.ctx.heard(line)
         return line
 
-    async def command(self, line: str, stage: str, *, shown: str | None = None, rejected: str = "reply_5xx") -> str:
+    async def command(self, line: str, stage: Stage, *, shown: str | None = None,
+                      rejected: Reason = "reply_5xx") -> str:
         """Send one command and return its +OK status line; -ERR raises a ProbeError for `stage`."""
         assert self.writer is not None
         self.ctx.say(shown or line)
@@ -151,13 +160,13 @@ class Pop3Session:
         if reply.startswith("+OK"):
             return reply
         if reply.startswith("-ERR"):
-            reason = "reply_4xx" if _TEMPORARY.match(reply) else rejected
+            reason: Reason = "reply_4xx" if _TEMPORARY.match(reply) else rejected
             if rejected == "auth_rejected" and reason == rejected and policy_refusal(reply):
                 reason = "auth_disabled"
             raise ProbeError(stage, reason, f"{(shown or line).split(' ')[0]}: {reply[:300]}")
         raise ProbeError(stage, "protocol", f"not a POP3 status line: {reply[:200]!r}")
 
-    async def multiline(self, stage: str, max_lines: int = 1_000_000) -> list[str]:
+    async def multiline(self, stage: Stage, max_lines: int = 1_000_000) -> list[str]:
         """Read a dot-terminated multi-line body (after its +OK line), un-stuffing leading dots."""
         lines: list[str] = []
         while True:

@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
@@ -272,10 +272,8 @@ class ImapReadback:
 class Pop3Readback:
     """POP3 reader: a POP3 session sees the mailbox as it was at login, so each poll is a fresh login."""
 
-    # UIDLs known not to be probe messages, per (server, user): the sweeper then TOPs only new messages.
-    _known_plain: ClassVar[dict[tuple[str, int, str], set[str]]] = {}
-
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes) -> None:
+    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes,
+                 known_plain: set[str] | None = None) -> None:
         self.ctx = ctx
         self.target = target
         self.check = check
@@ -283,8 +281,9 @@ class Pop3Readback:
         self.baseline: set[str] = set()
         self.session: Pop3Session | None = None
         self._opened = False
-        user = target.auth.username if target.auth else ""
-        self._known = self._known_plain.setdefault((target.host, check.port, user), set())
+        # UIDLs known not to be probe messages in this mailbox: the sweeper then TOPs only new messages. The owner
+        # (the round trip) keeps the set across runs; without one, this reader starts from nothing.
+        self._known = set() if known_plain is None else known_plain
 
     async def _login(self, ctx: ProbeContext) -> tuple[Pop3Session, float, dict[str, int]]:
         session = Pop3Session(ctx, self.target, self.check)

@@ -8,6 +8,7 @@ import re
 from monitor.config import Auth
 from monitor.result import ProbeContext
 from monitor.signin import Credential, CredentialSource, source_for
+from monitor.steps import Step
 
 __all__ = ["credential", "policy_refusal", "renewed"]
 
@@ -36,7 +37,7 @@ def policy_refusal(text: str) -> bool:
     return _POLICY.search(text) is not None
 
 
-async def credential(ctx: ProbeContext, auth: Auth, next_step: str) -> tuple[CredentialSource, Credential]:
+async def credential(ctx: ProbeContext, auth: Auth, next_step: Step) -> tuple[CredentialSource, Credential]:
     """The credential to send; a token source's time is the `token` step, then `next_step` starts."""
     source = source_for(auth)
     if source.uses_token:
@@ -47,7 +48,7 @@ async def credential(ctx: ProbeContext, auth: Auth, next_step: str) -> tuple[Cre
 
 
 async def renewed(ctx: ProbeContext, source: CredentialSource, rejected: Credential,
-                  next_step: str) -> Credential | None:
+                  next_step: Step) -> Credential | None:
     """After the server rejected `rejected`: one forced refresh, or None when that cannot help."""
     if not source.uses_token or rejected.expired():
         return None

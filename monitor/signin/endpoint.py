@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from monitor.errors import ProbeError, classify
+from monitor.steps import Reason
 
 __all__ = ["TokenReply", "post_form"]
 
@@ -74,7 +75,7 @@ async def _post(url: str, form: dict[str, str], timeout: float, ca_file: str | N
         except httpx.TimeoutException:
             raise ProbeError("token", "timeout", f"token endpoint {url}: no answer within {timeout:.1f}s") from None
         except httpx.RemoteProtocolError as exc:
-            reason = "reset" if "disconnect" in str(exc).lower() else "protocol"
+            reason: Reason = "reset" if "disconnect" in str(exc).lower() else "protocol"
             raise ProbeError("token", reason, f"token endpoint {url}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ProbeError("token", _reason(exc), f"token endpoint {url}: {_describe(exc)}") from None
@@ -91,7 +92,7 @@ def _links(exc: BaseException) -> list[BaseException]:
     return links
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> Reason:
     """The innermost link that names a reason (`classify` per link), else internal."""
     for link in reversed(_links(exc)):
         _, reason = classify(link, "token")
@@ -125,6 +126,7 @@ def _reply(url: str, status: int, body: bytes, errors_ok: frozenset[str]) -> Tok
         description = document.get("error_description") if isinstance(document, dict) else None
         if isinstance(description, str) and description:
             said += f": {description.splitlines()[0][:240]}"
+    reason: Reason
     if isinstance(error, str) and error in _REJECTED:
         reason = "auth_rejected"
     elif 400 <= status < 500:

@@ -11,12 +11,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from monitor.config import Auth
 from monitor.errors import ProbeError
 from monitor.signin.credential import Credential, CredentialSource, PasswordSource
 from monitor.signin.grants import Token, fetch
 from monitor.signin.settings import OAuth2Settings
+from monitor.steps import Reason
 
 __all__ = ["IDENTITIES", "Identities", "TokenEvent", "TokenSource", "source_for"]
 
@@ -36,7 +38,7 @@ class TokenEvent:
 
     identity: str
     grant: str
-    outcome: str
+    outcome: Reason | Literal["success"]  # a reason of stage `token` (steps.reasons_at("token")) on failure
     expires_at: float | None
 
 
@@ -133,7 +135,7 @@ class TokenSource:
         self._notify("success", token.expires_at)
         return token
 
-    def _notify(self, outcome: str, expires_at: float | None) -> None:
+    def _notify(self, outcome: Reason | Literal["success"], expires_at: float | None) -> None:
         if self.observer is not None:
             self.observer(TokenEvent(self.username, self.grant, outcome, expires_at))
 
