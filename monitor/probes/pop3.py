@@ -105,11 +105,11 @@ class Pop3Session:
         self.writer.write(f"AUTH {name}\r\n".encode())
         reply = await self._line("auth")
         challenge = ""
-        if reply.startswith("+"):
+        if _continuation(reply):
             self.ctx.say("********")
             self.writer.write(response_text.encode() + b"\r\n")
             reply = await self._line("auth")
-            if reply.startswith("+"):
+            if _continuation(reply):
                 challenge = describe_challenge(reply[1:].strip())
                 answer = failure_answer(mechanism)
                 self.ctx.say(answer or "(empty line)")
@@ -187,3 +187,8 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
         await session.quit()
     finally:
         session.close()
+
+
+def _continuation(reply: str) -> bool:
+    """A SASL continuation (RFC 5034 4: "+" SP [base64]), not the "+OK" that ends the exchange successfully."""
+    return reply == "+" or reply.startswith("+ ")
