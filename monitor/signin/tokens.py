@@ -114,11 +114,16 @@ class TokenSource:
 
 
 class Identities:
-    """The credential source of every identity the configuration signs in as, kept across reloads."""
+    """The credential source of every identity the configuration signs in as, kept across reloads. `clock` is
+    the sources' wall clock (tests swap in a fake one to cross token lifetimes without sleeping)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._sources: dict[tuple[str, OAuth2Settings], TokenSource] = {}
         self.observer: Callable[[TokenEvent], None] | None = None
+        self.clock = clock
+
+    def _now(self) -> float:
+        return self.clock()
 
     def source(self, auth: Auth) -> CredentialSource:
         if auth.oauth2 is None:
@@ -130,9 +135,13 @@ class Identities:
             username = auth.username
 
             async def fetch_token(timeout: float) -> Token:
-                return await fetch(settings, username, timeout)
+                token = await fetch(settings, username, timeout)
+                if token.expires_at is None or self.clock is time.time:
+                    return token
+                # fetch() stamps expiry with the real clock; the sources compare it with `clock`.
+                return Token(token.value, token.expires_at + self.clock() - time.time())
 
-            source = self._sources[key] = TokenSource(username, settings.grant, fetch_token,
+            source = self._sources[key] = TokenSource(username, settings.grant, fetch_token, clock=self._now,
                                                       observer=self._observe)
         return source
 

@@ -124,6 +124,8 @@ class State:
             self.faults: list[str] = []
             self.inactive = 0
             self.expires_in = DEFAULT_EXPIRES_IN
+            self.valid_for: int | None = None   # how long tokens pass introspection (None: expires_in)
+            self.assertions: list[str] = []     # every JWT received, for tests that scan output for secrets
             self.delay = 0.0
             self.hang_seconds = 60.0
             self.device_script: list[str] = []
@@ -143,8 +145,9 @@ class State:
         """A token reply (RFC 6749 5.1); the lock is held by the caller."""
         access = secrets.token_urlsafe(32)
         expires_in = self.expires_in
+        valid_for = self.valid_for if self.valid_for is not None else expires_in
         self.access[access] = {"username": username, "client_id": client_id, "scope": scope,
-                               "exp": int(time.time()) + expires_in, "iat": int(time.time()), "active": True}
+                               "exp": int(time.time()) + valid_for, "iat": int(time.time()), "active": True}
         reply: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": expires_in}
         if scope:
             reply["scope"] = scope
@@ -264,7 +267,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_lab/issued":
             with self.state.lock:
                 self.send_json(200, {"access_tokens": list(self.state.access),
-                                     "refresh_tokens": list(self.state.issued_refresh_ever)})
+                                     "refresh_tokens": list(self.state.issued_refresh_ever),
+                                     "assertions": list(self.state.assertions)})
         elif path in ("/token", "/devicecode", "/introspect"):
             self.send_json(405, {"error": "invalid_request", "error_description": "use POST"}, {"Allow": "POST"})
         else:
@@ -371,6 +375,8 @@ class Handler(BaseHTTPRequestHandler):
         if form.get("client_assertion_type") != CLIENT_ASSERTION:
             raise OAuthError("invalid_request", f"client_assertion_type must be {CLIENT_ASSERTION}")
         assertion = form["client_assertion"]
+        with self.state.lock:
+            self.state.assertions.append(assertion)
         try:
             header = jwt.get_unverified_header(assertion)
             claims = jwt.decode(assertion, self.state.client_public_key, algorithms=["RS256", "PS256", "ES256"],
@@ -428,6 +434,8 @@ class Handler(BaseHTTPRequestHandler):
         assertion = form.get("assertion")
         if assertion is None:
             raise OAuthError("invalid_request", "assertion is missing")
+        with self.state.lock:
+            self.state.assertions.append(assertion)
         try:
             header = jwt.get_unverified_header(assertion)
             claims = jwt.decode(assertion, self.state.account_public_key, algorithms=["RS256"],
@@ -556,8 +564,12 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.inactive = int(document.get("count", 1))
         elif name == "expires_in":
+            # `valid_for`: a token may pass introspection longer than the expires_in it was issued with (real
+            # providers allow minutes of clock skew), so a test on a fake clock is not raced by the real one.
             with state.lock:
                 state.expires_in = int(document["seconds"])
+                valid_for = document.get("valid_for")
+                state.valid_for = int(valid_for) if valid_for is not None else None
         elif name == "delay":
             with state.lock:
                 state.delay = float(document["seconds"])
