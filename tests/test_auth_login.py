@@ -186,3 +186,13 @@ def test_cli_refuses_a_target_it_cannot_sign_in_for(device_config: Path, target:
     """A password target or an unknown name: exit 2 with a message, nothing asked of any provider."""
     done = mailmon("auth", "login", "--config", str(device_config), "--target", target)
     assert done.returncode == 2 and words in done.stderr, done.stdout + done.stderr
+
+
+def test_cli_bad_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    """A broken oauth2 block (two token sources) stops `auth login` before any request: file:line, exit 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("vantage: t\ntargets:\n  - name: m365\n    host: h.example\n    auth:\n      username: u@x\n"
+                    "      oauth2:\n        grant: refresh_token\n        token_file: /run/token\n    imap:\n")
+    done = mailmon("auth", "login", "--config", str(path), "--target", "m365")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{path}:8: targets[0].auth.oauth2: give exactly one of grant" in done.stderr, done.stderr
