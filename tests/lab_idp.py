@@ -3,6 +3,7 @@ mailmon configurations that sign in to the lab through it, one per kind of token
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -12,6 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from monitor.config import Config
+from monitor.result import Result
+from monitor.runner import Runner
 from tests.conftest import Lab
 
 # The kinds of token source the acceptance matrix covers (a token_command is a token_file by another route).
@@ -20,6 +24,8 @@ MECHANISMS = ("xoauth2", "oauthbearer")
 # Every port the lab serves sign-in on, as (check, port, tls mode), in two targets (one check of each kind).
 STARTTLS = (("smtp", 587, "starttls"), ("imap", 143, "starttls"), ("pop3", 110, "starttls"))
 IMPLICIT = (("smtp", 465, "implicit"), ("imap", 993, "implicit"), ("pop3", 995, "implicit"))
+# One check of each kind, for tests that need a sender and a receiver but not every port.
+RECEIVE_AND_SEND = (("smtp", 587, "starttls"), ("imap", 993, "implicit"), ("pop3", 995, "implicit"))
 
 
 class Idp:
@@ -128,3 +134,15 @@ def target_yaml(lab: Lab, idp: Idp, name: str, grant: str, mechanism: str, tmp: 
 
 def config_yaml(*targets: str, extra: str = "") -> str:
     return "vantage: lab\n" + extra + "targets:\n" + "".join(targets)
+
+
+async def run_all(config: Config) -> list[Result]:
+    """Every check of every target once, all at the same time (as a cycle of the scheduler would)."""
+    runner = Runner("lab")
+    return list(await asyncio.gather(*(runner.execute(target, check) for target in config.targets
+                                       for check in target.checks)))
+
+
+def failures(results: list[Result]) -> list[str]:
+    return [f"{r.target}/{r.check}: {r.stage}/{r.reason}: {r.detail}\n  " + "\n  ".join(r.transcript)
+            for r in results if not r.ok]

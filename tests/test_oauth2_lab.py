@@ -6,7 +6,6 @@ expiry and never concurrently; a revoked token renewed once; refresh-token rotat
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import stat
@@ -19,15 +18,22 @@ from pathlib import Path
 import pytest
 
 from monitor.config import Config, load_text
-from monitor.result import Result
-from monitor.runner import Runner
 from monitor.signin import IDENTITIES
 from tests.conftest import ROOT, Lab
-from tests.lab_idp import GRANTS, IMPLICIT, MECHANISMS, STARTTLS, Idp, config_yaml, target_yaml
+from tests.lab_idp import (
+    GRANTS,
+    IMPLICIT,
+    MECHANISMS,
+    RECEIVE_AND_SEND,
+    STARTTLS,
+    Idp,
+    config_yaml,
+    failures,
+    run_all,
+    target_yaml,
+)
 
 pytestmark = pytest.mark.lab
-
-RECEIVE_AND_SEND = (("smtp", 587, "starttls"), ("imap", 993, "implicit"), ("pop3", 995, "implicit"))
 
 
 class FakeClock:
@@ -56,18 +62,6 @@ def idp(lab: Lab) -> Iterator[Idp]:
 
 def load(text: str) -> Config:
     return load_text(text, "oauth2-lab.yml")
-
-
-async def run_all(config: Config) -> list[Result]:
-    """Every check of every target once, all at the same time (as a cycle of the scheduler would)."""
-    runner = Runner("lab")
-    return list(await asyncio.gather(*(runner.execute(target, check) for target in config.targets
-                                       for check in target.checks)))
-
-
-def failures(results: list[Result]) -> list[str]:
-    return [f"{r.target}/{r.check}: {r.stage}/{r.reason}: {r.detail}\n  " + "\n  ".join(r.transcript)
-            for r in results if not r.ok]
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)

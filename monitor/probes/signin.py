@@ -31,6 +31,16 @@ _POLICY = re.compile(
     re.IGNORECASE)
 
 
+# A token request ends this much before the check's deadline, so that a hanging identity provider is reported by
+# the request itself (naming the endpoint and how long it waited), not as the check's anonymous deadline.
+_TOKEN_MARGIN = 0.25
+
+
+def _token_timeout(ctx: ProbeContext) -> float:
+    left = ctx.time_left()
+    return max(left - _TOKEN_MARGIN, left / 2)
+
+
 def policy_refusal(text: str) -> bool:
     """True when a failed login's reply says the login method is switched off by policy (reason auth_disabled)."""
     return _POLICY.search(text) is not None
@@ -41,7 +51,7 @@ async def credential(ctx: ProbeContext, auth: Auth, next_step: str) -> tuple[Cre
     source = source_for(auth)
     if source.uses_token:
         ctx.step("token")
-    found = await source.credential(ctx.time_left())
+    found = await source.credential(_token_timeout(ctx))
     ctx.step(next_step)
     return source, found
 
@@ -53,7 +63,7 @@ async def renewed(ctx: ProbeContext, source: CredentialSource, rejected: Credent
         return None
     ctx.note("the server rejected a token that had not expired: renewing it once")
     ctx.step("token")
-    fresh = await source.renew(rejected, ctx.time_left())
+    fresh = await source.renew(rejected, _token_timeout(ctx))
     ctx.step(next_step)
     return fresh
 

@@ -517,6 +517,7 @@ class Handler(BaseHTTPRequestHandler):
             client_id, secret, how = basic[0], basic[1], "basic"
         else:
             client_id, secret, how = form.get("client_id", ""), form.get("client_secret", ""), "post"
+        how += f": {', '.join(sorted(form))}"  # which fields the resource server sent (names only)
         if client_id != DOVECOT_CLIENT_ID or not secrets.compare_digest(secret, self.state.dovecot_secret):
             raise OAuthError("invalid_client", "introspection needs the resource server's client credentials", 401,
                              basic is not None)
