@@ -100,10 +100,10 @@ def test_no_secret_reaches_logs_metrics_history_status_or_check_output(lab: Lab,
     key, access token, refresh token or assertion."""
     db = tmp_path / "history.sqlite"
     targets = [target_yaml(lab, idp, grant, grant, "xoauth2" if i % 2 else "oauthbearer", tmp_path,
-                           (("imap", 993, "implicit"), ("smtp", 587, "starttls")), timeout="3s")
+                           (("imap", 993, "implicit"), ("smtp", 587, "starttls")), timeout="4s")
                for i, grant in enumerate(GRANTS)]
     config = tmp_path / "config.yaml"
-    config.write_text(config_yaml(*targets, extra=f"defaults: {{interval: 3s, timeout: 3s}}\n"
+    config.write_text(config_yaml(*targets, extra=f"defaults: {{interval: 4s, timeout: 4s}}\n"
                                                   f"history: {{path: {db}}}\n"))
     needs_idp = [grant for grant in GRANTS if grant != "token_file"]
     monitor = Monitor(config, tmp_path / "monitor.log", args=("--log.level", "debug"))
