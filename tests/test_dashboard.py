@@ -496,3 +496,19 @@ def test_change_window_annotation_returns_the_open_window(stack: Stack) -> None:
     expr = substitute(annotation["expr"], {**fixed_variables(load_dashboard()), "vantage": "ci"})
     found = _query_with_retry(stack, expr, "the change-window annotation")
     assert [(s["metric"]["calendar"], s["metric"]["change"]) for s in found] == [("client-updates", "Patch Tuesday")]
+
+
+@pytest.mark.lab
+@pytest.mark.prometheus
+def test_a_target_failing_only_at_sign_in_raises_no_mail_alert(stack: Stack) -> None:
+    """End to end with the shipped rules: lab-signin fails only at stage token (its token file is missing), so it is
+    `signin_failing`, has no failure scope, and only MailmonSignInFailure is pending for it — while lab-wrong-password
+    (rejected at AUTH by the server) does get an outage pending, as before."""
+    signin = 'vantage_target_check_via:mailmon_check_success:signin_failing{target="lab-signin"}'
+    assert _query_with_retry(stack, signin, "signin_failing")
+    assert _query_with_retry(stack, 'ALERTS{alertname="MailmonSignInFailure", target="lab-signin"}', "sign-in alert")
+    assert _query_with_retry(stack, 'ALERTS{alertname="MailmonSMTPServerOutage", target="lab-wrong-password"}',
+                             "the contrast: a server rejection")
+    assert stack.query('target_check_via:mailmon_check_success:failure_scope{target="lab-signin"}') == []
+    mail = stack.query('ALERTS{target="lab-signin", alertname!="MailmonSignInFailure"}')
+    assert mail == [], [series["metric"] for series in mail]
