@@ -132,6 +132,19 @@ def test_prints_the_verification_uri_and_user_code_never_a_token(lab: Lab, devic
     assert not [s for s in issued_secrets(lab) if s in text]
 
 
+@pytest.mark.parametrize("fault", ["500", "refuse"])
+def test_a_failing_token_endpoint_doubles_the_interval_and_polling_goes_on(lab: Lab, device_config: Path,
+                                                                           fault: str) -> None:
+    """RFC 8628 3.5: after a 500 or a reset connection the next poll waits twice as long; then the sign-in ends."""
+    idp_control(lab, "device", script=["approve"], interval=2)
+    idp_control(lab, "fault", fault=fault, count=1)
+    settings = settings_of(device_config)
+    fake = FakeTime()
+    stored = run_login(settings, fake, io.StringIO())
+    assert fake.waits == [2, 4]
+    assert Path(stored).read_text().strip() in issued_secrets(lab)
+
+
 @pytest.mark.parametrize(("step", "words"), [("expired_token", "expired"), ("access_denied", "declined")])
 def test_refusal_ends_the_sign_in_and_keeps_the_old_token(lab: Lab, device_config: Path, step: str,
                                                           words: str) -> None:
