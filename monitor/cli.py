@@ -1,9 +1,9 @@
 """Command line: `mailmon run | check | diagnose | history | validate | auth login`.
 
 Exit codes: 0 fine; 2 configuration error (every command). `auth login`: 0 the refresh token is stored, 2 it is not
-(configuration, declined or expired sign-in). `check` follows Nagios: 2 CRITICAL (a check
-failed), 3 UNKNOWN (nothing to check, or the monitor itself failed). `diagnose`: 1 the fault is on this
-side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
+(configuration, declined or expired sign-in), 130 interrupted (Ctrl-C) before it was.
+`check` follows Nagios: 2 CRITICAL (a check failed), 3 UNKNOWN (nothing to check, or the monitor itself failed).
+`diagnose`: 1 the fault is on this side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ EXIT_OK = 0
 EXIT_CRITICAL = 2
 EXIT_CONFIG = 2
 EXIT_UNKNOWN = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,7 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_history(config, args.since, args.until, args.target, args.check, args.failed, max(1, args.limit),
                             args.format or "table")
     if args.command == "auth":
-        return _on_loop(_auth_login(config, args.target), args.event_loop)
+        try:
+            return _on_loop(_auth_login(config, args.target), args.event_loop)
+        except KeyboardInterrupt:
+            # The administrator gave up waiting: say so plainly, no traceback; nothing was written.
+            print("\nmailmon: sign-in interrupted: nothing was stored", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if args.command == "diagnose":
         from monitor.diagnose import diagnose, diagnose_client_error
 

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import ssl
 import stat
 import subprocess
@@ -209,3 +210,19 @@ def test_cli_bad_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
     done = mailmon("auth", "login", "--config", str(path), "--target", "m365")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{path}:8: targets[0].auth.oauth2: give exactly one of grant" in done.stderr, done.stderr
+
+
+def test_cli_ctrl_c_while_waiting_exits_130_and_writes_nothing(lab: Lab, device_config: Path, tmp_path: Path) -> None:
+    """An administrator who gives up (SIGINT while polling): a one-line message, no traceback, no file."""
+    idp_control(lab, "device", script=["authorization_pending"] * 100, interval=1)
+    process = subprocess.Popen([sys.executable, "-m", "monitor", "auth", "login", "--config", str(device_config),
+                                "--target", "m365"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert process.stdout is not None
+    while "Waiting for the sign-in" not in process.stdout.readline():
+        assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, out + err
+    assert "interrupted: nothing was stored" in err and "Traceback" not in err
+    assert not (tmp_path / "refresh.token").exists()
