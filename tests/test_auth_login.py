@@ -178,10 +178,13 @@ def mailmon(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_success_exits_0_and_stores_the_token(lab: Lab, device_config: Path, tmp_path: Path) -> None:
     """`mailmon auth login` end to end, on the real clock: one pending poll, then approval (about 2 s)."""
     idp_control(lab, "device", script=["authorization_pending", "approve"], interval=1)
-    done = mailmon("auth", "login", "--config", str(device_config), "--target", "m365")
+    done = mailmon("auth", "login", "--config", str(device_config), "--target", "m365", "--log.level", "debug")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "enter the code" in done.stdout and "Signed in" in done.stdout
     assert stat.S_IMODE((tmp_path / "refresh.token").stat().st_mode) == 0o600
+    # Neither the output nor the debug log holds the client secret or a token.
+    secrets = [*issued_secrets(lab), Path(lab.env["LAB_IDP_CLIENT_SECRET_FILE"]).read_text().strip()]
+    assert not [s[:6] for s in secrets if s in done.stdout + done.stderr]
 
 
 def test_cli_expired_token_exits_2_and_writes_nothing(lab: Lab, device_config: Path, tmp_path: Path) -> None:
