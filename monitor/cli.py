@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -211,6 +212,10 @@ async def _auth_login(config: Config, name: str) -> int:
         print(f"mailmon: target {name!r} does not sign in with auth.oauth2 grant refresh_token, which is what "
               "`mailmon auth login` is for", file=sys.stderr)
         return EXIT_CONFIG
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # httpx logs every poll at info ("POST .../token 400 Bad Request" while the user has not signed in yet):
+        # noise that reads like an error next to the prompt. --log.level debug shows it.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         stored = await login(target.auth.oauth2, target.auth.username, sys.stdout)
     except DeviceLoginError as exc:

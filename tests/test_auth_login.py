@@ -193,6 +193,7 @@ def test_cli_expired_token_exits_2_and_writes_nothing(lab: Lab, device_config: P
     done = mailmon("auth", "login", "--config", str(device_config), "--target", "m365")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "expired" in done.stderr and "Traceback" not in done.stderr
+    assert "HTTP Request" not in done.stderr  # no per-poll log lines next to the prompt at the default level
     assert not (tmp_path / "refresh.token").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mailmon-")] == []
 
