@@ -100,12 +100,14 @@ def oauth2_block(idp: Idp, grant: str, tmp: Path) -> str:
     if grant == "certificate":
         return (f"{{grant: client_credentials, {common}, {client}, client_certificate_file: "
                 f"{env['LAB_IDP_CLIENT_CERT_FILE']}, client_key_file: {env['LAB_IDP_CLIENT_KEY_FILE']}}}")
-    if grant == "refresh_token":
+    if grant in ("refresh_token", "refresh_token_public"):
         # A copy: mailmon writes the rotated refresh token back; the lab's file stays the seed /_lab/reset revives.
         copy = tmp / "refresh.token"
         if not copy.exists():
             shutil.copyfile(env["LAB_IDP_REFRESH_TOKEN_FILE"], copy)
             copy.chmod(0o600)
+        if grant == "refresh_token_public":  # a public client (device-code sign-in): no secret
+            return f"{{grant: refresh_token, {common}, {client}, refresh_token_file: {copy}}}"
         return (f"{{grant: refresh_token, {common}, {client}, client_secret_file: "
                 f"{env['LAB_IDP_CLIENT_SECRET_FILE']}, refresh_token_file: {copy}}}")
     if grant == "service_account":

@@ -119,6 +119,17 @@ def test_a_refresh_token_works_once_and_its_successor_replaces_it(idp: Idp) -> N
     assert status == 200
 
 
+def test_a_public_client_refreshes_with_its_client_id_alone(idp: Idp) -> None:
+    """RFC 6749 6: the device-code sign-in's public client refreshes without a secret; a wrong secret still fails."""
+    seed = Path(idp.env["LAB_IDP_REFRESH_TOKEN_FILE"]).read_text().strip()
+    status, _, body = post(idp, "/token", {"grant_type": "refresh_token", "refresh_token": seed,
+                                           "client_id": "mailmon-lab", "client_secret": "wrong"})
+    assert (status, body["error"]) == (401, "invalid_client")
+    status, _, body = post(idp, "/token", {"grant_type": "refresh_token", "refresh_token": seed,
+                                           "client_id": "mailmon-lab"})
+    assert status == 200 and body["refresh_token"] != seed
+
+
 def service_account_assertion(idp: Idp, **claims: Any) -> str:
     key = json.loads(Path(idp.env["LAB_IDP_SERVICE_ACCOUNT_FILE"]).read_text())
     now = int(time.time())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import datetime
 import hashlib
 import json
@@ -103,14 +104,17 @@ class State:
         self.client_secret = _read(directory, "client_secret")
         self.dovecot_secret = _read(directory, "dovecot_secret")
         cert = x509.load_pem_x509_certificate(_read(directory, "client_cert").encode())
-        self.client_public_key = cert.public_key()
+        # PEM public keys: what PyJWT verifies with, whatever kind of key the file holds.
+        self.client_public_key = cert.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         der = cert.public_bytes(serialization.Encoding.DER)
         self.client_x5t = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")
         account = json.loads(_read(directory, "service_account"))
         self.account_email = account["client_email"]
         self.account_key_id = account["private_key_id"]
         self.account_public_key = serialization.load_pem_private_key(
-            account["private_key"].encode(), password=None).public_key()
+            account["private_key"].encode(), password=None).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.reset()
 
     def reset(self) -> None:
@@ -127,6 +131,7 @@ class State:
             self.valid_for: int | None = None   # how long tokens pass introspection (None: expires_in)
             self.assertions: list[str] = []     # every JWT received, for tests that scan output for secrets
             self.delay = 0.0
+            self.token_bytes = 43               # access token length (Entra ID's JWTs are 1.5-3 KB)
             self.hang_seconds = 60.0
             self.device_script: list[str] = []
             self.device_user = CLIENT_MAILBOX
@@ -143,7 +148,7 @@ class State:
 
     def issue(self, username: str, client_id: str, scope: str, with_refresh: bool) -> dict[str, Any]:
         """A token reply (RFC 6749 5.1); the lock is held by the caller."""
-        access = secrets.token_urlsafe(32)
+        access = secrets.token_urlsafe(max(32, self.token_bytes))[:max(self.token_bytes, 16)]
         expires_in = self.expires_in
         valid_for = self.valid_for if self.valid_for is not None else expires_in
         self.access[access] = {"username": username, "client_id": client_id, "scope": scope,
@@ -174,7 +179,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: State
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         # The request line only (paths carry no secrets here); never bodies or headers.
         sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {self.address_string()} "
                          f"{format % args}\n")
@@ -259,7 +264,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- routing
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path == "/_lab/stats":
             with self.state.lock:
@@ -274,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_json(404, {"error": "not_found", "error_description": f"no such endpoint {path[:60]}"})
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         try:
             if path == "/token":
@@ -413,7 +418,12 @@ class Handler(BaseHTTPRequestHandler):
         raise OAuthError("unsupported_grant_type", f"grant_type {grant[:60]} is not supported")
 
     def refresh_grant(self, form: dict[str, str]) -> dict[str, Any]:
-        client_id = self.client(form)
+        # The lab app registration also allows public-client flows (Entra's "Allow public client flows", as a
+        # device-code sign-in on a monitoring host uses): a client that sends credentials must pass them, one
+        # that sends none names itself with client_id (RFC 6749 6 and 3.2.1).
+        client_id = self.client(form, required=False)
+        if client_id is None:
+            raise OAuthError("invalid_request", "client_id is missing")
         token = form.get("refresh_token")
         if token is None:
             raise OAuthError("invalid_request", "refresh_token is missing")
@@ -425,8 +435,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise OAuthError("invalid_grant", "the refresh token was issued to another client")
             # Rotation: the old refresh token ends the moment its successor is issued.
             record["active"] = False
-            return self.state.issue(record["username"], client_id or CLIENT_ID, form.get("scope", ""),
-                                    with_refresh=True)
+            return self.state.issue(record["username"], client_id, form.get("scope", ""), with_refresh=True)
 
     def jwt_bearer(self, form: dict[str, str]) -> dict[str, Any]:
         """RFC 7523 2.1 with Google's service-account rules: iss = client_email, kid = private_key_id,
@@ -500,7 +509,7 @@ class Handler(BaseHTTPRequestHandler):
                 step = "expired_token"
             if step == "approve":
                 device["done"] = True
-                return self.state.issue(device["username"], client_id, device["scope"], with_refresh=True)
+                return self.state.issue(device["username"], device["client_id"], device["scope"], with_refresh=True)
             if step in ("access_denied", "expired_token"):
                 device["done"] = True
         descriptions = {"authorization_pending": "the user has not finished signing in yet",
@@ -571,6 +580,9 @@ class Handler(BaseHTTPRequestHandler):
                 state.expires_in = int(document["seconds"])
                 valid_for = document.get("valid_for")
                 state.valid_for = int(valid_for) if valid_for is not None else None
+        elif name == "token_size":
+            with state.lock:
+                state.token_bytes = int(document["bytes"])
         elif name == "delay":
             with state.lock:
                 state.delay = float(document["seconds"])
@@ -633,10 +645,8 @@ def serve(args: argparse.Namespace) -> None:
     finally:
         server.server_close()
         if args.pid_file:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(args.pid_file)
-            except FileNotFoundError:
-                pass
 
 
 # ------------------------------------------------------------------- init
@@ -675,32 +685,32 @@ def init(args: argparse.Namespace) -> None:
             ca_key = serialization.load_pem_private_key(handle.read(), password=None)
         with open(args.ca_cert, "rb") as handle:
             ca_cert = x509.load_pem_x509_certificate(handle.read())
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        client_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailmon lab"),
                                          x509.NameAttribute(NameOID.COMMON_NAME, CLIENT_ID)]))
-                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .issuer_name(ca_cert.subject).public_key(client_key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=730))
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-        _write_private(path("client_key"), key.private_bytes(serialization.Encoding.PEM,
+        _write_private(path("client_key"), client_key.private_bytes(serialization.Encoding.PEM,
                                                              serialization.PrivateFormat.PKCS8,
                                                              serialization.NoEncryption()))
         _write_private(path("client_cert"), cert.public_bytes(serialization.Encoding.PEM))
         print(f"idp: generated {path('client_cert')} and {path('client_key')}")
     if missing("service_account"):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        account_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         base = f"https://{args.host}:{args.port}"
         # Google's service-account key file format (IAM > Service accounts > Keys > Add key > JSON).
         document = {
             "type": "service_account",
             "project_id": "mailmon-lab",
             "private_key_id": secrets.token_hex(20),
-            "private_key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            "private_key": account_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()).decode(),
             "client_email": SERVICE_ACCOUNT_EMAIL,
             "client_id": str(secrets.randbelow(10**21 - 10**20) + 10**20),
