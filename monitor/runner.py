@@ -80,7 +80,9 @@ class Runner:
                 detail = exc.detail if isinstance(exc, ProbeError) else _describe(exc)
                 if isinstance(exc, ProbeError) and exc.smtp_code is not None:
                     ctx.smtp_code = exc.smtp_code
-                if reason == "internal":
+                if reason == "internal" and not isinstance(exc, ProbeError):
+                    # A ProbeError says what went wrong in its detail (an unreadable token file); only a
+                    # crash deserves a traceback.
                     log.error("probe %s/%s raised an unexpected error", target.name, check.key, exc_info=exc)
         if stage is not None:
             ctx.note(f"failed at {stage}: {reason}: {detail}")

@@ -198,6 +198,9 @@ def _failure(result: Result) -> str:
     if result.stage == "auth" and result.reason == "timeout":
         text += (f": login did not complete in {result.duration_seconds:.1f} s — the server may be delaying "
                  "failed logins")
+    elif result.reason == "auth_disabled":
+        # Not a wrong password: the provider switched password logins off (Microsoft 5.7.139, Google 5.7.9).
+        text += ": the server refuses password logins by policy — switch this target to oauth2"
     return text
 
 

@@ -177,3 +177,16 @@ def test_login_timeout_summary_names_a_delayed_login() -> None:
     failing = result("imap", "auth", "timeout", duration=4.0)
     text = describe("auth_failed", [result("smtp"), failing], "v")
     assert "login did not complete in 4.0 s — the server may be delaying failed logins" in text
+
+
+def test_auth_disabled_says_switch_to_oauth2() -> None:
+    """A policy refusal of password logins (535 5.7.139) tells the reader what to do, not to hunt a wrong password."""
+    text = describe("auth_failed", [result("imap"), result("smtp", "auth", "auth_disabled")], "v")
+    assert "switch this target to oauth2" in text
+
+
+def test_every_verdict_has_a_colour_on_the_status_page() -> None:
+    """A new verdict (signin_failed) gets its own colour, not the grey fallback."""
+    from monitor.web.page import COLOURS
+
+    assert set(VERDICTS) <= set(COLOURS)

@@ -18,7 +18,7 @@ from aioimaplib import aioimaplib
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
@@ -270,14 +270,7 @@ class ImapSession:
             offered = sorted(c[5:] for c in protocol.capabilities if c.startswith("AUTH="))
             raise ProbeError("auth", "protocol", f"the server does not offer AUTHENTICATE {mechanism.upper()} "
                                                  f"(it offers: {', '.join(offered) or 'none'})")
-        source, token = await credential(self.ctx, auth, "login")
-        failure = await self._sasl(mechanism, token)
-        if failure is not None and failure.reason == "auth_rejected":
-            fresh = await renewed(self.ctx, source, token, "login")
-            if fresh is not None:
-                failure = await self._sasl(mechanism, fresh)
-        if failure is not None:
-            raise failure
+        await sign_in(self.ctx, auth, "login", lambda token: self._sasl(mechanism, token))
 
     async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
         protocol, ctx = self.protocol, self.ctx

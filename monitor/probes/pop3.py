@@ -13,7 +13,7 @@ import re
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
@@ -92,14 +92,7 @@ class Pop3Session:
         auth = self.target.auth
         assert auth is not None
         mechanism = auth.mechanism or "xoauth2"
-        source, token = await credential(self.ctx, auth, "auth")
-        failure = await self._sasl(mechanism, token)
-        if failure is not None and failure.reason == "auth_rejected":
-            fresh = await renewed(self.ctx, source, token, "auth")
-            if fresh is not None:
-                failure = await self._sasl(mechanism, fresh)
-        if failure is not None:
-            raise failure
+        await sign_in(self.ctx, auth, "auth", lambda token: self._sasl(mechanism, token))
 
     async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
         """One AUTH exchange. RFC 5034 4: an initial response that would make the command longer than 255 octets

@@ -16,7 +16,7 @@ import aiosmtplib
 from monitor.config import CheckSettings, Target, default_helo_name
 from monitor.errors import ProbeError, smtp_reply_reason
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
@@ -195,14 +195,8 @@ async def _authenticate_oauth2(ctx: ProbeContext, client: aiosmtplib.SMTP, targe
     if mechanism not in client.server_auth_methods:
         raise ProbeError("auth", "protocol", f"the server does not offer AUTH {mechanism.upper()} (it offers: "
                                              f"{', '.join(client.server_auth_methods).upper() or 'none'})")
-    source, token = await credential(ctx, auth, "auth")
-    failure = await _sasl(ctx, client, mechanism, token, target.server_name, check.port)
-    if failure is not None and failure.reason == "auth_rejected":
-        fresh = await renewed(ctx, source, token, "auth")
-        if fresh is not None:
-            failure = await _sasl(ctx, client, mechanism, fresh, target.server_name, check.port)
-    if failure is not None:
-        raise failure
+    await sign_in(ctx, auth, "auth", lambda token: _sasl(ctx, client, mechanism, token, target.server_name,
+                                                         check.port))
 
 
 async def _execute(ctx: ProbeContext, client: aiosmtplib.SMTP, *args: bytes) -> aiosmtplib.SMTPResponse:

@@ -53,6 +53,24 @@ async def post_form(url: str, form: dict[str, str], *, timeout: float, ca_file: 
             return await _post(url, form, timeout, ca_file, basic, errors_ok)
     except TimeoutError:
         raise ProbeError("token", "timeout", f"token endpoint {url}: no answer within {timeout:.1f}s") from None
+    except ProbeError as exc:
+        # The detail quotes the provider's error_description: a broken or hostile endpoint that echoes the
+        # request back would put the secret, refresh token or assertion we sent into logs and history.
+        raise ProbeError(exc.stage, exc.reason, _scrub(exc.detail, form, basic)) from None
+
+
+# Form fields that carry credentials (RFC 6749 2.3.1, 6; RFC 7523 2.1, 2.2; RFC 8628 3.4).
+_SECRET_FIELDS = ("client_secret", "client_assertion", "refresh_token", "assertion", "device_code", "code",
+                  "password")
+
+
+def _scrub(text: str, form: dict[str, str], basic: tuple[str, str] | None) -> str:
+    """`text` with every credential of the request replaced by ********."""
+    values = [form[key] for key in _SECRET_FIELDS if key in form] + ([basic[1]] if basic else [])
+    # Values too short to be a credential would only mangle the provider's words.
+    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, "********")
+    return text
 
 
 async def _post(url: str, form: dict[str, str], timeout: float, ca_file: str | None,
