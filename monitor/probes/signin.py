@@ -69,7 +69,7 @@ async def renewed(ctx: ProbeContext, source: CredentialSource, rejected: Credent
     return fresh
 
 
-async def sign_in(ctx: ProbeContext, auth: Auth, next_step: str, exchange: Exchange) -> None:
+async def sign_in(ctx: ProbeContext, auth: Auth, next_step: Step, exchange: Exchange) -> None:
     """Log in with the identity's token through `exchange`; raises the failure that stands at the end.
 
     A rejection (`auth_rejected`) of a token that had not expired gets one forced renewal and one more exchange;
