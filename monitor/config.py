@@ -378,7 +378,7 @@ def _ca_file_problem(ca_file: str) -> str | None:
     except ssl.SSLError as exc:
         return f"CA file {ca_file!r} holds no usable certificate ({exc.reason or exc})"
     except OSError as exc:
-        return f"cannot read CA file {ca_file!r}: {exc.strerror}"
+        return f"cannot read CA file {ca_file!r}: {exc.strerror}{_whose(exc)}"
     return None
 
 
