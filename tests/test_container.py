@@ -106,11 +106,15 @@ def readme_container(image: str, secrets: Path, workdir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def container(image: str, secrets: Path) -> Iterator[tuple[str, int]]:
+def container(image: str, secrets: Path, workdir: Path) -> Iterator[tuple[str, int]]:
     """A container of its own (the image with a changed --listen), for tests that stop it; its name and port."""
     name, port = f"mailmon-test-{uuid.uuid4().hex[:8]}", free_port()
-    podman("run", "-d", "--name", name, "--network", "host",
-           "-v", f"{ROOT / 'deploy' / 'container-config.yaml'}:{CONFIG_IN_CONTAINER}:ro",
+    # An absolute history.path, so that what these tests prove does not hang on the relative path's fix.
+    config = workdir / "absolute-history.yaml"
+    config.write_text((ROOT / "deploy" / "container-config.yaml").read_text().replace(
+        "path: mailmon-history.sqlite", "path: /var/lib/mailmon/mailmon-history.sqlite"))
+    config.chmod(0o644)
+    podman("run", "-d", "--name", name, "--network", "host", "-v", f"{config}:{CONFIG_IN_CONTAINER}:ro",
            "-v", f"{secrets}:/run/secrets:ro", image, "run", "--config", CONFIG_IN_CONTAINER,
            "--listen", f"0.0.0.0:{port}")
     try:
@@ -132,10 +136,18 @@ def test_readme_run_line_becomes_healthy(readme_container: str) -> None:
     wait_for(lambda: healthy(readme_container), "the container to be healthy", limit=120, every=2)
 
 
-def test_runs_as_uid_and_gid_10001_with_names(readme_container: str) -> None:
-    """The monitor runs as uid 10001 and gid 10001, and both have a name in the image (defect 4: the group was
-    created with a system gid, so gid 10001 had no entry)."""
-    done = podman("exec", readme_container, "id")
+def test_monitor_runs_as_uid_and_gid_10001(readme_container: str) -> None:
+    """The running monitor (PID 1) has uid and gid 10001, no capabilities."""
+    status = podman("exec", readme_container, "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split()[:2] == ["10001", "10001"] and fields["Gid"].split()[:2] == ["10001", "10001"]
+    assert int(fields["CapEff"], 16) == 0
+
+
+def test_image_user_and_group_10001_have_names(image: str) -> None:
+    """uid 10001 and gid 10001 both have an entry named mailmon (defect 4: the group was created with a system
+    gid, so gid 10001, the one USER and chown use, had none)."""
+    done = podman("run", "--rm", "--network", "host", "--entrypoint", "id", image)
     assert done.stdout.strip() == "uid=10001(mailmon) gid=10001(mailmon) groups=10001(mailmon)"
 
 
