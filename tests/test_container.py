@@ -195,7 +195,7 @@ def test_changed_listen_is_still_healthy(container: tuple[str, int]) -> None:
 
 
 def test_sigterm_exits_zero_promptly(container: tuple[str, int]) -> None:
-    """`podman stop` (SIGTERM) ends the monitor with exit 0, long before podman's SIGKILL."""
+    """`podman stop` (SIGTERM) ends the monitor with exit 0, long before podman's SIGKILL, the history closed."""
     name, port = container
     wait_for(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, "the monitor to be ready", limit=120,
              every=1)
@@ -203,6 +203,12 @@ def test_sigterm_exits_zero_promptly(container: tuple[str, int]) -> None:
     podman("stop", "--time", "60", name)
     assert time.monotonic() - started < 30  # 0.14 s measured; the margin is for a loaded machine, not the monitor
     assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    # Closed cleanly: the history's write-ahead log was checkpointed into the file and removed (or emptied).
+    mounts = json.loads(podman("inspect", "--format", "{{json .Mounts}}", name).stdout)
+    state = Path(next(m for m in mounts if m["Destination"] == "/var/lib/mailmon")["Source"])
+    assert (state / "mailmon-history.sqlite").is_file()
+    wal = state / "mailmon-history.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
 
 
 def test_one_unreadable_secret_is_one_error(image: str, secrets: Path, workdir: Path) -> None:
