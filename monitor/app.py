@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -23,6 +24,7 @@ from monitor.explain import Answer, explain
 from monitor.history import History
 from monitor.logs import log_result
 from monitor.metrics import Metrics
+from monitor.ondemand import OnDemand, ProbeRefused, ProbeRequest, deadline, parse_request
 from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
@@ -48,6 +50,11 @@ _CHANGES_MIN_WAIT = 0.05
 # Threads for the HTTP side's blocking work (history queries, gzip). Its own pool, not the loop's default one:
 # that one also runs the probes' getaddrinfo, which many concurrent /api/history requests would queue behind.
 _WEB_THREADS = 2
+# GET /probe: seconds kept between the run's deadline and Prometheus's scrape timeout (--probe.timeout-offset).
+DEFAULT_PROBE_OFFSET = 0.5
+# Verdict recorded in the history for a /probe run: it is not a scheduled run, and its own verdict is in the
+# first transcript line (docs/history.md).
+ON_DEMAND = "on_demand"
 
 _T = TypeVar("_T")
 
@@ -57,13 +64,16 @@ class App:
 
     def __init__(self, config: Config, listen: str | None = None, registry: CollectorRegistry | None = None,
                  config_path: str | None = None, web: WebConfig | None = None,
-                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS,
+                 probe_offset: float = DEFAULT_PROBE_OFFSET) -> None:
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage, config.failure_series)
         self.board = VerdictBoard()
+        self.on_demand = OnDemand(config.vantage, config.failure_series)
+        self.probe_offset = probe_offset
         IDENTITIES.observer = self.metrics.record_token  # token requests of every identity, by outcome
         self._add_identities(config)
         self.history: History | None = None
@@ -82,6 +92,7 @@ class App:
             ("GET", "/api/status"): self._api_status,
             ("GET", "/api/history"): self._api_history,
             ("GET", "/api/explain"): self._api_explain,
+            ("GET", "/probe"): self._probe,
             ("GET", "/"): self._index,
         }, authorize=self.web.authorized if self.web.users else None, max_connections=max_connections,
             on_rejected=self.metrics.record_http_rejected)
@@ -268,7 +279,7 @@ class App:
         # The series are rendered as they change (monitor/exposition.py): this only joins bytes (26-163 ms at 5,000
         # targets, bench/metrics_render.py), so it runs on the loop. (In a thread, rendering held the GIL and
         # starved the probes.)
-        body = self.metrics.exposition()
+        body = self.metrics.exposition() + self.on_demand.exposition()
         headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("accept-encoding", "")):
             # Prometheus asks for gzip: ~25x fewer bytes on the wire. zlib lets go of the GIL while it compresses,
@@ -281,6 +292,36 @@ class App:
         """Run HTTP-side blocking work in the web pool: at most _WEB_THREADS at once, the rest wait their turn."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._web_pool, lambda: func(*args, **kwargs))
+
+    async def _probe(self, request: Request) -> Response:
+        """`GET /probe`: run one check now and answer with its series (monitor/ondemand.py, docs/scaling.md)."""
+        try:
+            wanted = parse_request(request.query, self.config)
+            timeout = deadline(wanted.check.timeout, request.headers.get("x-prometheus-scrape-timeout-seconds"),
+                               self.probe_offset, self.http.handler_timeout - 1.0)
+        except ProbeRefused as refused:
+            self.on_demand.count(refused.outcome)
+            return Response.text(refused.reason + "\n", refused.status)
+        if self.scheduler is None:
+            return Response.text("starting\n", 503)
+        slots = self.scheduler.slots
+        if slots.locked():
+            # Every slot of the shared bound is taken (or scheduled runs wait for one): answer now rather than
+            # queue, so Prometheus sees a clear failure (up 0, status 503) well within its timeout.
+            self.on_demand.count("busy")
+            return Response(503, f"busy: all {self.config.concurrency} probe slots are in use\n".encode(),
+                            headers={"Retry-After": "1"})
+        check = replace(wanted.check, timeout=timeout)
+        run = ProbeRequest(target=wanted.target, check=check, module=wanted.module)
+        async with slots:
+            result = await self.runner.execute(run.target, check)
+        verdict, body = self.on_demand.record(run, result, self.board.vantage_healthy)
+        log_result(result)
+        if self.history is not None:
+            how = f"module {run.module}" if run.module else "configured target"
+            result.transcript.insert(0, f"on demand: GET /probe ({how}), verdict {verdict}")
+            self.history.submit(result, ON_DEMAND)
+        return Response(body=body, content_type=CONTENT_TYPE_LATEST)
 
     async def _healthy(self, request: Request) -> Response:
         return Response.text("OK\n")
@@ -314,7 +355,8 @@ class App:
         return {"vantage": self.config.vantage, "generated_at": now,
                 "vantage_healthy": self.board.vantage_healthy, "targets": targets,
                 "change_windows_open": [w.as_json() for w in open_windows],
-                "change_windows_recent": [w.as_json() for w in recent]}
+                "change_windows_recent": [w.as_json() for w in recent],
+                "on_demand": self.on_demand.status()}
 
     def explain(self, reported: str, target: str | None) -> Answer | str:
         """"A user reports X" answered from this monitor's current results; a str is a bad request's reason."""
