@@ -125,8 +125,8 @@ def parse_request(query: dict[str, list[str]], config: Config) -> ProbeRequest:
     if len(matches) > 1:
         raise ProbeRefused(400, f"check {check_text!r} runs via {' and '.join(str(c.via) for c in matches)}: "
                                 "add via=", "bad_request")
-    # Only this check: the answer carries its series and no other check's.
-    return ProbeRequest(target=replace(target, checks=(matches[0],)), check=matches[0], module=None)
+    # The whole target: a round trip reads back through the target's imap or pop3 block.
+    return ProbeRequest(target=target, check=matches[0], module=None)
 
 
 def _module_request(config: Config, name: str, target_text: str) -> ProbeRequest:
@@ -212,7 +212,8 @@ class OnDemand:
         probed = self._probed.pop(key, None)
         if probed is None:
             probed = _Probed(Metrics(CollectorRegistry(), self.vantage, self.failure_series), module=request.module)
-            probed.metrics.add_target(request.target)
+            # Only this check: the answer carries its series and no other check's of the target.
+            probed.metrics.add_target(replace(request.target, checks=(request.check,)))
         self._probed[key] = probed  # most recent last
         while len(self._probed) > self.keep:
             self._probed.popitem(last=False)
