@@ -20,6 +20,7 @@ from monitor import resources, selfcheck
 from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.diagnose import freshness
+from monitor.discovery import Discovery
 from monitor.explain import Answer, explain
 from monitor.history import History
 from monitor.logs import log_result
@@ -47,6 +48,8 @@ _SPREAD_PER_CHECK = 0.01
 # Change calendars: files are looked at this often; window edges are met on time whatever this is.
 _CHANGES_RECHECK = 30.0
 _CHANGES_MIN_WAIT = 0.05
+# targets_from files are looked at this often (size and mtime; a changed file is re-read).
+_DISCOVERY_RECHECK = 5.0
 # Threads for the HTTP side's blocking work (history queries, gzip). Its own pool, not the loop's default one:
 # that one also runs the probes' getaddrinfo, which many concurrent /api/history requests would queue behind.
 _WEB_THREADS = 2
@@ -66,6 +69,10 @@ class App:
                  config_path: str | None = None, web: WebConfig | None = None,
                  max_connections: int = resources.DEFAULT_MAX_CONNECTIONS,
                  probe_offset: float = DEFAULT_PROBE_OFFSET) -> None:
+        # `config` as loaded; `self.config` adds the targets discovered from `targets_from` files.
+        self.static_config = config
+        self.discovery = Discovery()
+        self._discovery_task: asyncio.Task[None] | None = None
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
@@ -106,6 +113,10 @@ class App:
         if settings is not None:
             self.history = await asyncio.to_thread(History.open, settings.path, settings.retention,
                                                    settings.max_bytes)
+        if self.config.targets_from:
+            self.config = self._discovered(self.config, force=True)
+            self._add_identities(self.config)
+            self.runner.probes = self._probes(self.config)
         self._bound_http()
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
@@ -124,6 +135,7 @@ class App:
         self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
         if self.config.changes:
             self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
+        self._discovery_task = asyncio.create_task(self._discovery_loop(), name="targets_from")
         self.metrics.record_reload(True, time.time())
         self.started_at = time.time()  # the status page marks it: data before it is from an earlier process
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
@@ -144,7 +156,7 @@ class App:
         self.metrics.record_http_cap(cap)
 
     async def stop(self) -> None:
-        for task in (self._selfcheck_task, self._changes_task):
+        for task in (self._selfcheck_task, self._changes_task, self._discovery_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -171,7 +183,8 @@ class App:
                 self.metrics.record_reload(False, time.time())
                 log.error("reload failed, keeping the running configuration", extra={"fields": {"errors": str(exc)}})
                 return False
-            await self._apply(new)
+            self.static_config = new
+            await self._apply(self._discovered(new, force=True))
             self.metrics.record_reload(True, time.time())
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
@@ -240,6 +253,30 @@ class App:
             edges = [w.end for w in active] + list(next_starts.values())
             wait = min([_CHANGES_RECHECK, *(edge - now for edge in edges)])
             await asyncio.sleep(max(_CHANGES_MIN_WAIT, wait))
+
+    def _discovered(self, config: Config, force: bool = False) -> Config:
+        """`config` with the targets of its `targets_from` files added (problems are logged; a bad file keeps
+        its last good targets)."""
+        if not config.targets_from:
+            return config
+        found, problems = self.discovery.refresh(config, force)
+        for problem in problems:
+            log.warning("targets_from: %s", problem)
+        if problems:
+            self.metrics.record_reload(False, time.time())
+        return replace(config, targets=config.targets + tuple(found))
+
+    async def _discovery_loop(self) -> None:
+        """Re-read changed targets_from files and apply what they add, change or drop."""
+        while True:
+            await asyncio.sleep(_DISCOVERY_RECHECK)
+            if not self.static_config.targets_from:
+                continue
+            async with self._reload_lock:
+                fresh = await asyncio.to_thread(self._discovered, self.static_config)
+                if fresh.targets != self.config.targets:
+                    await self._apply(fresh)
+                    log.info("targets_from changed", extra={"fields": {"targets": len(fresh.targets)}})
 
     def _probes(self, config: Config) -> dict[str, Probe]:
         return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)

@@ -739,8 +739,8 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     targets_from = _load_targets_from(reader, entries["targets_from"][1], source) if "targets_from" in entries else ()
     if "targets" not in entries:
         if not modules and not targets_from:
-            reader.problem(root, "targets", "is required: list at least one target (or give modules for GET /probe, "
-                                            "or targets_from)")
+            # (Or none, with modules for GET /probe or targets_from: docs/scaling.md.)
+            reader.problem(root, "targets", "is required: list at least one target")
     else:
         node = entries["targets"][1]
         if not isinstance(node, yaml.SequenceNode) or not node.value:
