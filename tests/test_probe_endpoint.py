@@ -199,6 +199,50 @@ def test_silent_peer_answers_within_the_scrape_timeout(monitor: Monitor,
     assert samples(body)[key] == 1.0
 
 
+def _hostile(behaviour: str) -> tuple[socket.socket, int]:
+    """A listener on 127.0.0.1 that treats every connection in one hostile way (its own thread)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                if behaviour == "garbage":
+                    conn.sendall(b"HELLO \x00\xff this is no SMTP\r\n")
+                    conn.recv(1024)
+                else:  # drip: a greeting at one byte a second
+                    for byte in b"220 slow.test ESMTP\r\n":
+                        conn.sendall(bytes([byte]))
+                        time.sleep(1)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize(("behaviour", "stage", "reason"), [("garbage", "greeting", "protocol"),
+                                                            ("drip", "greeting", "timeout")])
+def test_hostile_peer_answers_within_the_scrape_timeout(monitor: Monitor, behaviour: str, stage: str,
+                                                        reason: str) -> None:
+    server, port = _hostile(behaviour)
+    try:
+        status, body, took = probe(monitor.url, 3, module="slow_smtp", target=f"127.0.0.1:{port}")
+    finally:
+        server.close()
+    assert status == 200 and took < 3.0
+    key = ("mailmon_check_failures_total", (("check", "smtp"), ("reason", reason), ("stage", stage),
+                                            ("target", f"127.0.0.1:{port}"), ("vantage", "ci"), ("via", "")))
+    assert samples(body)[key] == 1.0
+
+
 def test_host_outside_the_allow_list_is_refused_without_connecting(
         monitor: Monitor, silent_port: tuple[int, list[socket.socket]]) -> None:
     """403, and the listener on that host never saw a connection: the credentials never left."""
