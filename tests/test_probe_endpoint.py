@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -19,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Lab, free_port, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
+from tests.test_web_security import PASSWORD, USER, secured  # noqa: F401 (a fixture)
+from tests.test_web_security import _get as web_get
 from tests.tools import tool
 
 pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
@@ -377,3 +380,12 @@ def test_never_answering_server_is_recorded_by_prometheus_as_mailmon_failure(
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+def test_probe_is_behind_the_web_config_tls_and_basic_auth(secured: tuple[str, Path]) -> None:  # noqa: F811
+    """--web.config.file covers /probe as it covers /metrics: HTTPS, and 401 without the right user."""
+    url, cert = secured
+    context = ssl.create_default_context(cafile=str(cert))
+    assert web_get(url + "/probe?target=a&check=smtp", context, None, None)[0] == 401
+    status, body = web_get(url + "/probe?target=a&check=smtp", context, USER, PASSWORD)
+    assert status == 200 and b'mailmon_check_failures_total{check="smtp",reason="refused",stage="connect"' in body
