@@ -73,6 +73,7 @@ class App:
         self.static_config = config
         self.discovery = Discovery()
         self._discovery_task: asyncio.Task[None] | None = None
+        self._discovery_problems = 0  # problems found in targets_from files so far
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
@@ -137,6 +138,8 @@ class App:
             self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
         self._discovery_task = asyncio.create_task(self._discovery_loop(), name="targets_from")
         self.metrics.record_reload(True, time.time())
+        if self._discovery_problems:
+            self.metrics.record_reload(False, time.time())  # a targets_from file is bad
         self.started_at = time.time()  # the status page marks it: data before it is from an earlier process
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for ~0.5 s at 5,000 targets (bench/scale.py).
@@ -184,8 +187,11 @@ class App:
                 log.error("reload failed, keeping the running configuration", extra={"fields": {"errors": str(exc)}})
                 return False
             self.static_config = new
+            problems_before = self._discovery_problems
             await self._apply(self._discovered(new, force=True))
             self.metrics.record_reload(True, time.time())
+            if self._discovery_problems > problems_before:
+                self.metrics.record_reload(False, time.time())  # a targets_from file is bad: say so here too
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
 
@@ -263,6 +269,7 @@ class App:
         for problem in problems:
             log.warning("targets_from: %s", problem)
         if problems:
+            self._discovery_problems += len(problems)
             self.metrics.record_reload(False, time.time())
         return replace(config, targets=config.targets + tuple(found))
 

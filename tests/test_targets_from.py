@@ -137,3 +137,21 @@ def test_module_problems_name_file_and_line(module: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(f"vantage: v\nmodules:\n  m:\n    {module}\n", "c.yml", {"PW": "secret-pw"})
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+def test_bad_file_shows_as_a_failed_reload(tmp_path: Path) -> None:
+    """A targets_from file with a bad entry sets mailmon_config_last_reload_successful 0, after a reload too."""
+    config = tmp_path / "config.yaml"
+    config.write_text("vantage: v\ndefaults: {interval: 30s, timeout: 2s}\ntargets_from: [sd.json]\n"
+                      "modules:\n  relay: {protocol: smtp, port: 1, tls: none}\n")
+    _write(tmp_path / "sd.json", [{"targets": ["127.0.0.1"], "labels": {"module": "nonesuch"}}])
+    monitor = Monitor(config, tmp_path / "mailmon.log")
+    try:
+        assert "mailmon_config_last_reload_successful 0.0" in monitor.metrics()
+        request = urllib.request.Request(monitor.url + "/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        assert "mailmon_config_last_reload_successful 0.0" in monitor.metrics()
+        assert b"label module must name one of the config's modules" in (tmp_path / "mailmon.log").read_bytes()
+    finally:
+        monitor.stop()
