@@ -357,8 +357,14 @@ class App:
                             headers={"Retry-After": "1"})
         check = replace(wanted.check, timeout=timeout)
         run = ProbeRequest(target=wanted.target, check=check, module=wanted.module)
+        runner = self.runner
+        if check.name == "roundtrip":
+            # Late arrivals and swept messages this run finds count in its own series, not the scheduler's.
+            series = self.on_demand.series(run)
+            runner = Runner(self.config.vantage, probes=probes_for(self.config, on_late=series.record_late,
+                                                                   on_swept=series.record_swept))
         async with slots:
-            result = await self.runner.execute(run.target, check)
+            result = await runner.execute(run.target, check)
         verdict, body = self.on_demand.record(run, result, self.board.vantage_healthy)
         log_result(result)
         if self.history is not None:

@@ -206,8 +206,11 @@ class OnDemand:
         """The process-wide /probe series (for /metrics)."""
         return generate_latest(self._registry)
 
-    def record(self, request: ProbeRequest, result: Result, vantage_healthy: bool) -> tuple[str, bytes]:
-        """Publish one /probe result to its own series; returns its verdict and the answer's body."""
+    def series(self, request: ProbeRequest) -> Metrics:
+        """The request's own series (created at their initial values on its first probe)."""
+        return self._touch(request).metrics
+
+    def _touch(self, request: ProbeRequest) -> _Probed:
         key = request.key
         probed = self._probed.pop(key, None)
         if probed is None:
@@ -217,6 +220,11 @@ class OnDemand:
         self._probed[key] = probed  # most recent last
         while len(self._probed) > self.keep:
             self._probed.popitem(last=False)
+        return probed
+
+    def record(self, request: ProbeRequest, result: Result, vantage_healthy: bool) -> tuple[str, bytes]:
+        """Publish one /probe result to its own series; returns its verdict and the answer's body."""
+        probed = self._touch(request)
         verdict = decide([classify_result(result, request.check.timeout)], vantage_healthy)
         probed.result, probed.verdict = result, verdict
         probed.metrics.record(result)

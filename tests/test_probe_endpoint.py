@@ -276,11 +276,21 @@ def test_bad_requests_get_a_one_line_reason(monitor: Monitor, params: dict[str, 
 
 
 def test_probe_never_changes_scheduled_series(monitor: Monitor) -> None:
-    runs = ("mailmon_check_runs_total", (("check", "smtp"), ("target", "lab"), ("vantage", "ci"), ("via", "")))
-    before = wait_for(lambda: samples(monitor.metrics().encode()).get(runs), "the scheduled smtp run")
-    for _ in range(3):
-        assert probe(monitor.url, target="lab", check="smtp")[0] == 200
-    assert samples(monitor.metrics().encode())[runs] == before
+    """Every series of the scheduled target (runs, verdict, round-trip late and swept counters ...) stays as it
+    was through /probe runs of each of its checks (the schedule's interval is 1 h: no scheduled run meanwhile)."""
+    def scheduled() -> Series:
+        return {k: v for k, v in samples(monitor.metrics().encode()).items() if ("target", "lab") in k[1]}
+
+    def all_ran() -> bool:
+        series = scheduled()
+        return all(series.get(("mailmon_check_runs_total", (("check", c), ("target", "lab"), ("vantage", "ci"),
+                                                             ("via", v))), 0) >= 1 for c, v in CHECKS)
+
+    wait_for(all_ran, "every scheduled check's first run")
+    before = scheduled()
+    for check, via in CHECKS:
+        assert probe(monitor.url, target="lab", check=check, **({"via": via} if via else {}))[0] == 200
+    assert scheduled() == before
 
 
 def test_probe_results_reach_history_and_status_labelled_on_demand(monitor: Monitor) -> None:
