@@ -88,7 +88,7 @@ def split_host_port(text: str) -> tuple[str, int | None]:
         port_text = port_text if ":" in text else None
     if not host:
         raise ValueError("target has no host")
-    if ":" in host:
+    if ":" in host or text.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
