@@ -324,21 +324,22 @@ def test_probe_counts_requests_by_outcome(monitor: Monitor) -> None:
 def test_saturated_monitor_answers_503_at_once(lab: Lab, tmp_path: Path,
                                                silent_port: tuple[int, list[socket.socket]]) -> None:
     """With the one slot held by a probe of a silent server, the next /probe is refused fast and counted."""
-    port, _ = silent_port
+    port, accepted = silent_port
     config = tmp_path / "config.yaml"
-    config.write_text("vantage: ci\nconcurrency: 1\nmodules:\n  slow: {protocol: smtp, tls: none, timeout: 5s}\n")
+    config.write_text("vantage: ci\nconcurrency: 1\nmodules:\n  slow: {protocol: smtp, tls: none, timeout: 8s}\n")
     monitor = Monitor(config, tmp_path / "mailmon.log")
     try:
         holder = threading.Thread(target=probe, args=(monitor.url,), kwargs={"module": "slow",
                                                                              "target": f"127.0.0.1:{port}"})
         holder.start()
-        wait_for(lambda: probe(monitor.url, module="slow", target="127.0.0.1:1")[0] == 503, "a busy answer")
+        wait_for(lambda: accepted, "the holding probe to connect (it has the only slot now)")
         status, body, took = probe(monitor.url, module="slow", target="127.0.0.1:1")
         assert status == 503 and b"busy" in body and took < 1.0
+        assert body.count(b"\n") == 1
         busy = samples(monitor.metrics().encode())[("mailmon_probe_requests_total",
                                                     (("outcome", "busy"), ("vantage", "ci")))]
-        assert busy >= 2
-        holder.join(timeout=10)
+        assert busy == 1
+        holder.join(timeout=30)
     finally:
         monitor.stop()
 
