@@ -171,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 _report("web config", exc)
                 return EXIT_CONFIG
-        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections,
-                                     args.probe_offset), args.event_loop)
+        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections, args.probe_offset),
+                        args.event_loop)
     if args.command == "history":
         from monitor.history_cli import show_history
 
