@@ -50,6 +50,7 @@ class Discovery:
         `force` (a reload: the modules they name may have changed)."""
         problems: list[str] = []
         paths = sorted({path for pattern in config.targets_from for path in glob.glob(pattern)})
+        changed = force or set(self._files) != set(paths)
         for gone in set(self._files) - set(paths):
             del self._files[gone]
         for path in paths:
@@ -62,12 +63,13 @@ class Discovery:
             known = self._files.get(path)
             if known is not None and known.stamp == stamp and not force:
                 continue
+            changed = True
             try:
                 targets = _read(path, config)
             except ValueError as exc:
                 problems.append(str(exc))
-                if known is not None:
-                    known.stamp = stamp  # keep the last good copy; report the bad one once
+                # Keep the last good copy (none yet: no targets); the bad one is reported once, not at every look.
+                self._files[path] = _File(stamp, known.targets if known is not None else [])
                 continue
             self._files[path] = _File(stamp, targets)
         found: dict[str, Target] = {t.name: t for t in config.targets}
@@ -76,8 +78,9 @@ class Discovery:
             entry = self._files.get(path)
             for target in entry.targets if entry is not None else ():
                 if target.name in found:
-                    problems.append(f"{path}: target {target.name!r} is already defined (in the config or another "
-                                    "file): the first definition stays")
+                    if changed:  # said once per change, not at every look at unchanged files
+                        problems.append(f"{path}: target {target.name!r} is already defined (in the config or "
+                                        "another file): the first definition stays")
                     continue
                 found[target.name] = target
                 discovered.append(target)

@@ -155,3 +155,21 @@ def test_bad_file_shows_as_a_failed_reload(tmp_path: Path) -> None:
         assert b"label module must name one of the config's modules" in (tmp_path / "mailmon.log").read_bytes()
     finally:
         monitor.stop()
+
+
+def test_duplicate_names_are_reported_once_per_change(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _write(tmp_path / "sd" / "a.json", [{"targets": ["mx1.example.net"], "labels": {"module": "relay"}}])
+    _write(tmp_path / "sd" / "b.json", [{"targets": ["mx1.example.net"], "labels": {"module": "relay"}}])
+    discovery = Discovery()
+    targets, problems = discovery.refresh(config)
+    assert len(targets) == 1 and len(problems) == 1 and "already defined" in problems[0]
+    assert discovery.refresh(config) == (targets, [])
+
+
+def test_a_bad_new_file_is_reported_once(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _write(tmp_path / "sd" / "a.json", {"not": "a list"})
+    discovery = Discovery()
+    assert len(discovery.refresh(config)[1]) == 1
+    assert discovery.refresh(config) == ([], [])
