@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                           "to keep descriptors for the probes under RLIMIT_NOFILE)")
     run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")
+    run.add_argument("--probe.timeout-offset", dest="probe_offset", type=_seconds, default=None, metavar="SECONDS",
+                     help="GET /probe ends its check this long before Prometheus's scrape timeout (default 0.5)")
 
     check = sub.add_parser("check", help="run every check once and report (Nagios exit codes)")
     common(check)
@@ -122,6 +124,17 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 3600 seconds: {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     """An argparse type: a whole number of at least 1 (argparse reports anything else and exits 2)."""
     try:
@@ -169,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 _report("web config", exc)
                 return EXIT_CONFIG
-        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections), args.event_loop)
+        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections, args.probe_offset),
+                        args.event_loop)
     if args.command == "history":
         from monitor.history_cli import show_history
 
@@ -227,12 +241,13 @@ async def _auth_login(config: Config, name: str) -> int:
 
 
 async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None,
-               max_connections: int | None = None) -> int:
+               max_connections: int | None = None, probe_offset: float | None = None) -> int:
     from monitor import resources
-    from monitor.app import App
+    from monitor.app import DEFAULT_PROBE_OFFSET, App
 
     app = App(config, listen=listen, config_path=path, web=web,
-              max_connections=max_connections or resources.DEFAULT_MAX_CONNECTIONS)
+              max_connections=max_connections or resources.DEFAULT_MAX_CONNECTIONS,
+              probe_offset=DEFAULT_PROBE_OFFSET if probe_offset is None else probe_offset)
     try:
         await app.start()
     except MailmonError as exc:  # the history file cannot be used

@@ -329,6 +329,10 @@ class Metrics:
                 if (calendar, name) in next_starts:
                     self.change_next.labels(self.vantage, calendar, name).set(next_starts[(calendar, name)])
 
+    def check_exposition(self) -> bytes:
+        """Only the per-target and per-check series (what GET /probe answers with; monitor/ondemand.py)."""
+        return self._text.render()
+
     def _add_check(self, owner: tuple[str, str], state: _CheckState) -> _CheckState:
         """Start publishing a check's series, at their initial values."""
         self._checks[owner] = state

@@ -78,7 +78,7 @@ INVALID = [
      ["{file}: the file is empty"]),
     ("invalid-yaml-top-level-list.yml",
      ["{file}:1: the top level must be a mapping with keys vantage, listen, defaults, concurrency, probe_key, "
-      "selfcheck, history, metrics, targets, changes"]),
+      "selfcheck, history, metrics, targets, changes, modules, targets_from"]),
     ("invalid-metrics-failure-series.yml",
      ["{file}:3: metrics.failure_series: must be one of all, on_failure, got 'lazy'"]),
     ("invalid-oauth2-two-grants.yml",
@@ -231,7 +231,7 @@ def test_only_unknown_top_level_keys_still_reports_what_is_missing() -> None:
         load_text("vantge: test\n", "c.yml")
     assert caught.value.problems == [
         "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, selfcheck, "
-        "history, metrics, targets, changes)",
+        "history, metrics, targets, changes, modules, targets_from)",
         "c.yml:1: vantage: is required (it labels every series of this monitor)",
         "c.yml:1: targets: is required: list at least one target",
     ]
