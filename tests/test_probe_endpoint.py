@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def probe(base: str, timeout_header: float | None = None, **params: str) -> tuple[int, bytes, float]:
+def probe(base: str, timeout_header: float | None = None, /, **params: str) -> tuple[int, bytes, float]:
     """GET /probe with `params`; (status, body, seconds taken)."""
     headers = {} if timeout_header is None else {"X-Prometheus-Scrape-Timeout-Seconds": str(timeout_header)}
     request = urllib.request.Request(f"{base}/probe?{urllib.parse.urlencode(params)}", headers=headers)
