@@ -32,6 +32,9 @@ REASONS: tuple[str, ...] = (
     # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
     "auth_disabled",
     "local_resources",
+    # POP3 (RFC 2449/3206): the mailbox is locked by another client ([IN-USE]), or the server allows only one login
+    # every so often ([LOGIN-DELAY], CAPA LOGIN-DELAY). Neither is an outage of the server nor a wrong password.
+    "mailbox_busy", "login_delay",
 )
 # RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
 _MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")

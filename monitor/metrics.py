@@ -94,6 +94,10 @@ def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
     for stage in stages:
         reasons = _AT_STAGE.get(stage, _REPLIES if stage not in ("dns", "connect") else ())
         pairs.extend((stage, reason) for reason in _ANYWHERE + tuple(r for r in reasons if r not in _ANYWHERE))
+    if check.name == "pop3" or check.via == "pop3":
+        # RFC 2449/3206 response codes: a locked mailbox, a login sooner than the server's LOGIN-DELAY.
+        stage = "fetch" if check.name == "roundtrip" else "auth"
+        pairs += [(stage, reason) for reason in ("mailbox_busy", "login_delay") if (stage, reason) not in pairs]
     if check.name == "roundtrip":
         # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
         extra = [("fetch", r) for r in _AT_STAGE["connect"] + _AT_STAGE["tls"] + _AT_STAGE["auth"]]

@@ -175,3 +175,12 @@ def test_login_timeout_summary_names_a_delayed_login() -> None:
     failing = result("imap", "auth", "timeout", duration=4.0)
     text = describe("auth_failed", [result("smtp"), failing], "v")
     assert "login did not complete in 4.0 s — the server may be delaying failed logins" in text
+
+
+@pytest.mark.parametrize("reason", ["mailbox_busy", "login_delay"])
+def test_locked_or_delayed_pop3_mailbox_is_not_an_outage(reason: str) -> None:
+    """POP3 [IN-USE] and [LOGIN-DELAY] (RFC 2449/3206): the server works and the password is good, so the target is
+    degraded, never receive_down nor auth_failed, at login and in a round trip's read-back alike."""
+    assert decide(classify_result(r) for r in [result("smtp"), result("pop3", "auth", reason)]) == "degraded"
+    assert decide(classify_result(r) for r in [result("smtp"), result("roundtrip", "fetch", reason, via="pop3"),
+                                               result("pop3", "auth", reason)]) == "degraded"
