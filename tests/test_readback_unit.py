@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from aioimaplib.aioimaplib import Response
@@ -11,6 +13,7 @@ from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Ta
 from monitor.probe_message import new_probe, parse_header, verify
 from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, is_stale
 from monitor.result import ProbeContext
+from monitor.runner import Runner
 
 KEY = b"unit-test-probe-key-0123456789"
 
@@ -77,3 +80,17 @@ def test_wrong_key_never_verifies() -> None:
     """A header signed with another key is not ours."""
     header = new_probe(b"another-key-entirely-123456", "east", "t", "imap", 10.0)
     assert verify(KEY, header.value()) is None
+
+
+async def test_deadline_while_waiting_for_delivery_is_not_delivered() -> None:
+    """A round trip cut off by its deadline while it waits for its message reports `delivery/not_delivered`, the one
+    name for "probe not found in time" (never `delivery/timeout`)."""
+    async def waits_forever(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+        ctx.step("delivery")
+        await asyncio.sleep(60)
+
+    readback = _readback()
+    check = replace(readback.check, timeout=0.3)
+    result = await Runner("v", probes={"roundtrip": waits_forever}).execute(readback.session.target, check)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered")
+    assert "not visible" in result.detail
