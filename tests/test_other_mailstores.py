@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.probe_message import build_message, new_probe
 from monitor.probes.readback import ImapReadback
 from monitor.result import ProbeContext
 from tests import mailbox
@@ -254,10 +255,10 @@ async def test_select_without_uidnext_starts_after_the_last_message(lab: Lab, co
         reader.close()
 
 
-def _cyrus_probe_count(lab: Lab) -> int:
+def _cyrus_probe_count(lab: Lab, user: str | None = None) -> int:
     client = imaplib.IMAP4(lab.host, CYRUS_IMAP_PORT)
     try:
-        client.login(lab.user, "any")
+        client.login(user or lab.user, "any")
         client.select("INBOX")
         _, data = client.uid("SEARCH", "HEADER", "X-Mailmon-Probe", "v1")
         return len(data[0].split())
@@ -265,7 +266,8 @@ def _cyrus_probe_count(lab: Lab) -> int:
         client.logout()
 
 
-async def test_pop3_round_trip_passes_on_a_login_delay_server(lab: Lab, cyrus: Path) -> None:
+async def test_pop3_round_trip_passes_on_a_login_delay_server(lab: Lab, cyrus: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """Cyrus announces LOGIN-DELAY 60: the POP3 round trip logs in once (after the submission) and passes, leaving
     no probe behind, where one login per poll got `-ERR [LOGIN-DELAY]` every cycle."""
     target = _target(lab, "pop3", CYRUS_POP3_PORT, submission=CYRUS_EXIM_PORT)
@@ -273,6 +275,7 @@ async def test_pop3_round_trip_passes_on_a_login_delay_server(lab: Lab, cyrus: P
     result = await runner(counts=counts).execute(target, _check(target, "roundtrip", "pop3"))
     assert result.ok, f"{result.stage}/{result.reason}: {result.detail}\n" + "\n".join(result.transcript[-20:])
     assert "LOGIN-DELAY" in "\n".join(result.transcript)
+    assert "LOGIN-DELAY 60" in caplog.text and "cannot log in that rarely" in caplog.text  # said at the start
     assert await asyncio.to_thread(_cyrus_probe_count, lab) == 0
 
 
@@ -297,3 +300,30 @@ async def test_pop3_starttls_against_a_server_without_stls(lab: Lab, cyrus: Path
     assert (result.stage, result.reason) == ("tls", "protocol"), result.detail
     assert "STLS" in result.detail
 
+
+
+def _cyrus_append(lab: Lab, user: str, raw: bytes) -> None:
+    client = imaplib.IMAP4(lab.host, CYRUS_IMAP_PORT)
+    try:
+        client.login(user, "any")
+        assert client.append("INBOX", None, None, raw)[0] == "OK"
+    finally:
+        client.logout()
+
+
+async def test_failing_pop3_round_trips_sweep_on_a_login_delay_server(lab: Lab, cyrus: Path) -> None:
+    """With a LOGIN-DELAY no login is left for a sweep after a failed round trip: the look itself deletes this
+    vantage's stale probes (here the submitted probe never reaches the Cyrus mailbox: not_delivered)."""
+    user = "sweeper@lab.test"  # Cyrus counts LOGIN-DELAY per user: this test's logins are its own
+    stale = new_probe(KEY.reveal().encode(), "test", "other", "pop3", 1.0, now=time.time() - 120)
+    await asyncio.to_thread(_cyrus_append, lab, user, build_message(stale, user, user)[0])
+    target = _target(lab, "pop3", CYRUS_POP3_PORT, submission=25, timeout=8.0)  # to the lab's Postfix → Dovecot
+    target = replace(target, auth=Auth(user, Secret("any")))
+    counts = Counts()
+    try:
+        result = await runner(counts=counts).execute(target, _check(target, "roundtrip", "pop3"))
+    finally:
+        await asyncio.to_thread(mailbox.clear, lab)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered"), result.detail
+    assert counts.swept == [("other", 1)]
+    assert await asyncio.to_thread(_cyrus_probe_count, lab, user) == 0

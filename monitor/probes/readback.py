@@ -338,6 +338,9 @@ class Pop3Readback:
         self._not_before: float | None = None
         # Logins that looked for the probe (not the opening one): none means the round trip never could look.
         self.looks = 0
+        # Whose stale probes a look may delete (set by the round trip), and what looks deleted so far.
+        self.vantage: str | None = None
+        self._swept = SweepReport()
 
     @property
     def login_delay(self) -> float:
@@ -431,6 +434,13 @@ class Pop3Readback:
                 self.baseline.add(uidl)
                 if header is None and len(self._known) < _KNOWN_CACHE_LIMIT:
                     self._known.add(uidl)
+                elif header is not None and self.login_delay and self.vantage is not None and is_stale(
+                        header, self.vantage, int(time.time() * 1000)):
+                    # With a LOGIN-DELAY no other login may sweep: this look sweeps, and its QUIT commits the DELE.
+                    await session.command(f"DELE {number}", "cleanup")
+                    self._swept.deleted += 1
+                    if header.vantage == self.vantage:
+                        self._swept.late.append(header)
             await session.quit()
             return None
         finally:
@@ -463,13 +473,13 @@ class Pop3Readback:
         return None  # POP3 sees only the inbox
 
     async def sweep(self, vantage: str, now_ms: int) -> SweepReport:
-        report = SweepReport()
+        report, self._swept = self._swept, SweepReport()  # what this run's looks already deleted
         session = self.session
         if session is not None:
             # The session that found (and DELEd) the probe: its UIDL listing still numbers the messages.
             listing = await self._listing(session, "cleanup")
         elif self.login_delay and LOGINS.wait(self.mailbox) > 0:
-            self.ctx.note("sweep skipped: the server's LOGIN-DELAY allows no other login yet")
+            self.ctx.note("no sweep login: the server's LOGIN-DELAY allows none yet (this run's looks swept)")
             return report
         else:
             session, _, listing = await self._session(ProbeContext())

@@ -70,7 +70,9 @@ class RoundTrip:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
-        return Pop3Readback(ctx, target, check, key)
+        reader = Pop3Readback(ctx, target, check, key)
+        reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
+        return reader
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
         submission = target.settings("smtp")
