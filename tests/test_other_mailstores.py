@@ -37,6 +37,7 @@ from tests import mailbox
 from tests.conftest import Lab
 from tests.test_other_mtas import EXIM_CONFIG, EXIM_ROOT, _serve
 from tests.test_roundtrip_lab import KEY, Counts, runner
+from tests.tools import tool
 
 pytestmark = pytest.mark.lab
 
@@ -58,7 +59,7 @@ IMAP_EMPTYTRASH=
 LD_LIBRARY_PATH={root}/usr/lib/x86_64-linux-gnu:{root}/usr/lib
 set +a
 cd {maildir}
-exec setpriv --reuid={user} --regid={user} --clear-groups {root}/usr/sbin/couriertcpd -address={host} \
+exec {setpriv} --reuid={user} --regid={user} --clear-groups {root}/usr/sbin/couriertcpd -address={host} \
   -nodnslookup -noidentlookup -stderr={run}/log/imapd.err {port} {root}/usr/bin/imapd {maildir}
 """
 # Debian's imapd.conf in what matters here (popminpoll: 1 is its default), every path private.
@@ -95,8 +96,8 @@ EVENTS {{
 """
 CYRUS_START = """\
 set -e
-mount --bind {run}/passwd /etc/passwd
-mount --bind {run}/group /etc/group
+{mount} --bind {run}/passwd /etc/passwd
+{mount} --bind {run}/group /etc/group
 export LD_LIBRARY_PATH={root}/usr/lib/x86_64-linux-gnu
 exec {root}/usr/lib/cyrus/bin/master -C {run}/imapd.conf -M {run}/cyrus.conf -p {run}/master.pid
 """
@@ -116,8 +117,9 @@ def courier(lab: Lab) -> Iterator[int]:
     (run / "log").mkdir()
     shutil.chown(run / "log", "mailmonlab", "mailmonlab")
     (run / "start.sh").write_text(COURIER_START.format(root=COURIER_ROOT, maildir=lab.env["LAB_MAILDIR"],
-                                                       user="mailmonlab", host=lab.host, port=COURIER_PORT, run=run))
-    with contextlib.contextmanager(_serve)(lab, run, COURIER_PORT, ["sh", str(run / "start.sh")]):
+                                                       user="mailmonlab", host=lab.host, port=COURIER_PORT, run=run,
+                                                       setpriv=tool("setpriv", package="util-linux")))
+    with contextlib.contextmanager(_serve)(lab, run, COURIER_PORT, [tool("sh", package="dash"), str(run / "start.sh")]):
         yield COURIER_PORT
 
 
@@ -137,7 +139,7 @@ def cyrus(lab: Lab) -> Iterator[Path]:
     user = f"cyrus:x:{CYRUS_UID}:{CYRUS_UID}::{run}:/bin/false\n"
     (run / "passwd").write_text(Path("/etc/passwd").read_text() + user)
     (run / "group").write_text(Path("/etc/group").read_text() + f"cyrus:x:{CYRUS_UID}:\n")
-    (run / "start.sh").write_text(CYRUS_START.format(run=run, root=CYRUS_ROOT))
+    (run / "start.sh").write_text(CYRUS_START.format(run=run, root=CYRUS_ROOT, mount=tool("mount", package="mount")))
     for path in [run, *run.rglob("*")]:
         os.chown(path, CYRUS_UID, CYRUS_UID)
     exim_run = Path(tempfile.mkdtemp(prefix="mailmon-exim-cyrus-"))
@@ -150,11 +152,13 @@ def cyrus(lab: Lab) -> Iterator[Path]:
     exim_user = "Debian-exim:x:64999:64999::/nonexistent:/bin/false\n"
     (exim_run / "passwd").write_text(Path("/etc/passwd").read_text() + exim_user)
     (exim_run / "group").write_text(Path("/etc/group").read_text() + "Debian-exim:x:64999:\n")
-    exim_script = (f"mount --bind {exim_run}/passwd /etc/passwd && mount --bind {exim_run}/group /etc/group && "
+    mount, unshare = tool("mount", package="mount"), tool("unshare", package="util-linux")
+    sh = tool("sh", package="dash")
+    exim_script = (f"{mount} --bind {exim_run}/passwd /etc/passwd && {mount} --bind {exim_run}/group /etc/group && "
                    f"exec {exim} -C {exim_run}/exim.conf -bdf")
     serve = contextlib.contextmanager(_serve)
-    with serve(lab, run, CYRUS_POP3_PORT, ["unshare", "-m", "sh", str(run / "start.sh")]), \
-            serve(lab, exim_run, CYRUS_EXIM_PORT, ["unshare", "-m", "sh", "-c", exim_script]):
+    with serve(lab, run, CYRUS_POP3_PORT, [unshare, "-m", sh, str(run / "start.sh")]), \
+            serve(lab, exim_run, CYRUS_EXIM_PORT, [unshare, "-m", sh, "-c", exim_script]):
         yield run
 
 
