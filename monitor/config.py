@@ -8,6 +8,7 @@ keys are errors rather than silently ignored typos.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import ipaddress
 import os
@@ -377,7 +378,7 @@ def _ca_file_problem(ca_file: str) -> str | None:
     except ssl.SSLError as exc:
         return f"CA file {ca_file!r} holds no usable certificate ({exc.reason or exc})"
     except OSError as exc:
-        return f"cannot read CA file {ca_file!r}: {exc.strerror}"
+        return f"cannot read CA file {ca_file!r}: {exc.strerror}{_whose(exc)}"
     return None
 
 
@@ -458,12 +459,19 @@ def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, en
                 # One trailing newline is an editor's, not the secret's.
                 value = handle.read().removesuffix("\n").removesuffix("\r")
         except OSError as exc:
-            reader.problem(node, path, f"cannot read {what} file {file_name!r}: {exc.strerror}")
+            reader.problem(node, path, f"cannot read {what} file {file_name!r}: {exc.strerror}{_whose(exc)}")
             return None
     if value == "":
         reader.problem(node, path, f"the {what} is empty")
         return None
     return value
+
+
+def _whose(exc: OSError) -> str:
+    """For a permission error, who needs to read the file: the image and the systemd unit run as their own user."""
+    if exc.errno != errno.EACCES or not hasattr(os, "geteuid"):
+        return ""
+    return f" (mailmon runs as uid {os.geteuid()}: make the file readable by that user)"
 
 
 _CHECK_KEYS = {
@@ -572,7 +580,8 @@ _ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_fo
 
 
 def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
-                    checks: dict[str, CheckSettings], auth_user: str | None) -> list[CheckSettings]:
+                    checks: dict[str, CheckSettings], auth_user: str | None,
+                    has_auth: bool = False) -> list[CheckSettings]:
     """One CheckSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `roundtrip:` alone: every default
@@ -595,7 +604,8 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
                          min(DEFAULT_ROUNDTRIP_TIMEOUT, check_interval))
     _check_timing(reader, entries, path, check_interval, check_timeout)
     recipient = _get(reader, entries, "recipient", path, reader.string, auth_user)
-    if recipient is None:
+    # An auth block that failed (an unreadable password file) has its own problem: one cause, one error.
+    if recipient is None and not has_auth:
         reader.problem(node, path, "recipient is required when the target has no auth block")
     sender = _get(reader, entries, "sender", path, reader.string, recipient)
     default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
@@ -643,7 +653,7 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
     if "roundtrip" in entries:
         by_name = {c.name: c for c in checks if c.profile is None}
         checks.extend(_load_roundtrip(reader, entries["roundtrip"][1], f"{path}.roundtrip", interval, by_name,
-                                      auth.username if auth is not None else None))
+                                      auth.username if auth is not None else None, "auth" in entries))
     if not any(c in entries for c in (*CHECK_NAMES, "smtp_profiles")):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
     if auth is not None and auth.oauth2 is not None:
@@ -733,7 +743,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         raise ConfigError(reader.sorted_problems())
     selfcheck = _load_selfcheck(reader, entries["selfcheck"][1] if "selfcheck" in entries else None, interval,
                                 targets)
-    history = _load_history(reader, entries["history"][1], source) if "history" in entries else None
+    history = _load_history(reader, entries["history"][1], source, environ) if "history" in entries else None
     changes = _load_changes(reader, entries["changes"][1], source) if "changes" in entries else ()
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
@@ -749,13 +759,22 @@ _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB":
 _MIN_HISTORY_BYTES = MIN_MAX_BYTES
 
 
-def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySettings | None:
+def state_directory(environ: dict[str, str]) -> str | None:
+    """The service manager's state directory: systemd's StateDirectory= sets $STATE_DIRECTORY (a colon-separated
+    list; the first is ours), and the container image sets it to its volume, /var/lib/mailmon."""
+    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return first if os.path.isabs(first) else None
+
+
+def _load_history(reader: YamlReader, node: yaml.Node, source: str,
+                  environ: dict[str, str]) -> HistorySettings | None:
     """Where the probe history journal lives and how much of it to keep."""
     entries = reader.mapping(node, "history", ("path", "retention", "max_size"))
     if not isinstance(node, yaml.MappingNode):
         return None
     if "path" not in entries:
-        reader.problem(node, "history", "path is required (the SQLite file, relative to this config file)")
+        reader.problem(node, "history", "path is required (the SQLite file, relative to $STATE_DIRECTORY when set, "
+                                        "else to this config file)")
         return None
     path = reader.string(entries["path"][1], "history.path")
     retention = _get(reader, entries, "retention", "history", reader.duration, HistorySettings.retention)
@@ -772,7 +791,13 @@ def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySe
                                f"must be at least {_MIN_HISTORY_BYTES // 1024}KiB, got {max_bytes} bytes")
     if path is None:
         return None
-    if not os.path.isabs(path) and source:
+    # A relative path is state, not configuration: under a service manager it goes to the state directory (the
+    # config directory is read-only there: /etc/mailmon under ProtectSystem=strict or a :ro container mount);
+    # run by hand, beside the config file as before.
+    base = state_directory(environ)
+    if not os.path.isabs(path) and base is not None:
+        path = os.path.join(base, path)
+    elif not os.path.isabs(path) and source:
         path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
     return HistorySettings(path=path, retention=retention, max_bytes=max_bytes)
 

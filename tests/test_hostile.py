@@ -47,6 +47,8 @@ from tests.fakes import (
     seq,
 )
 
+pytestmark = pytest.mark.slow  # peers that drip or never answer: each case waits out a deadline
+
 MB = 1024 * 1024
 # Failures the server makes obvious are run with this deadline and must end before FAST.
 SLOW_TIMEOUT = 5.0

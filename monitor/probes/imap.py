@@ -18,13 +18,19 @@ from aioimaplib import aioimaplib
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
+from monitor.steps import IMPLICIT_TLS, STARTTLS, TOKEN, Kind, Reason, declare, run
 from monitor.tls import client_context
 
 __all__ = ["ImapSession", "probe"]
+
+# The steps of the `imap` check in order (monitor/steps.py): its metric series, verdict side and docs rows.
+STEPS = declare(Kind("imap", side="receive", steps=run(
+    "dns", "connect", (IMPLICIT_TLS, ("tls",)), "greeting", "capability", (STARTTLS, ("starttls",)),
+    (TOKEN, ("token",)), "login", "select", "logout")))
 
 T = TypeVar("T")
 # RFC 5530 response codes that make a NO temporary rather than a verdict on the credentials.
@@ -206,7 +212,7 @@ class ImapSession:
         if greeting.startswith(b"* BYE"):
             # RFC 3501 7.1.5: the server refuses this client, like an SMTP 554 (or 421, when it says why
             # with a temporary RFC 5530 code): the server answered, so this is not a protocol error.
-            reason = "reply_4xx" if _TEMPORARY.search(greeting) else "reply_5xx"
+            reason: Reason = "reply_4xx" if _TEMPORARY.search(greeting) else "reply_5xx"
             text = greeting[:300].decode(errors="replace")
             raise ProbeError("greeting", reason, f"the server refused the session: {text}")
         if not greeting.startswith((b"* OK", b"* PREAUTH")):
@@ -257,7 +263,7 @@ class ImapSession:
         self._heard(response)
         if response.result != "OK":
             temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-            reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
+            reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
                 "auth_rejected"
             raise ProbeError("auth", reason, f"LOGIN {response.result}: {_text(response)}")
 
@@ -270,14 +276,7 @@ class ImapSession:
             offered = sorted(c[5:] for c in protocol.capabilities if c.startswith("AUTH="))
             raise ProbeError("auth", "protocol", f"the server does not offer AUTHENTICATE {mechanism.upper()} "
                                                  f"(it offers: {', '.join(offered) or 'none'})")
-        source, token = await credential(self.ctx, auth, "login")
-        failure = await self._sasl(mechanism, token)
-        if failure is not None and failure.reason == "auth_rejected":
-            fresh = await renewed(self.ctx, source, token, "login")
-            if fresh is not None:
-                failure = await self._sasl(mechanism, fresh)
-        if failure is not None:
-            raise failure
+        await sign_in(self.ctx, auth, "login", lambda token: self._sasl(mechanism, token))
 
     async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
         protocol, ctx = self.protocol, self.ctx
@@ -318,7 +317,7 @@ class ImapSession:
             return None
         text = _text(response)
         temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-        reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
+        reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
         detail = f"AUTHENTICATE {name} {response.result}: {text}" + (f" ({challenges[-1]})" if challenges else "")
         return ProbeError("auth", reason, detail)
 

@@ -22,15 +22,23 @@ from dataclasses import dataclass, field
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
+from monitor.steps import IMPLICIT_TLS, PASSWORD, STARTTLS, TOKEN, Kind, Reason, Stage, declare, run
 from monitor.tls import client_context
 
 __all__ = ["LOGINS", "LoginClock", "Pop3Session", "probe", "response_reason"]
 
 log = logging.getLogger(__name__)
+
+# The steps of the `pop3` check in order (monitor/steps.py): its metric series, verdict side and docs rows.
+STEPS = declare(Kind("pop3", side="receive", steps=run(
+    "dns", "connect", (IMPLICIT_TLS, ("tls",)), "greeting", (STARTTLS, ("stls",)), (PASSWORD, ("user", "pass")),
+    (TOKEN, ("token", "auth")), "stat", "quit"),
+    # RFC 2449/3206 response codes at login: a locked mailbox, a login sooner than the server's LOGIN-DELAY.
+    extra_failures=(("auth", "mailbox_busy"), ("auth", "login_delay"))))
 
 # RFC 1939 caps a response line at 512 octets; allow generous slack for real servers, not megabytes.
 _LINE_LIMIT = 64 * 1024
@@ -38,7 +46,7 @@ _LINE_LIMIT = 64 * 1024
 _RESPONSE_CODE = re.compile(r"^-ERR \[([A-Za-z0-9/-]+)\]")
 # What each code says: a mailbox locked by another client or a login too soon after the last one is neither a
 # server outage nor wrong credentials; SYS/TEMP and SYS/PERM are the server's own trouble, AUTH the credentials'.
-_CODE_REASONS = {
+_CODE_REASONS: dict[str, Reason] = {
     "LOGIN-DELAY": "login_delay",
     "IN-USE": "mailbox_busy",
     "SYS/TEMP": "reply_4xx",
@@ -49,7 +57,7 @@ _CODE_REASONS = {
 _ASSUMED_DELAY = 60.0
 
 
-def response_reason(reply: str, otherwise: str) -> str:
+def response_reason(reply: str, otherwise: Reason) -> Reason:
     """The reason for a -ERR reply: from its RFC 2449/3206 response code when it has one, else `otherwise`."""
     match = _RESPONSE_CODE.match(reply)
     reason = _CODE_REASONS.get(match.group(1).upper()) if match else None
@@ -129,7 +137,7 @@ class Pop3Session:
             ctx.step("greeting")
         greeting = await self._line("greeting")
         if not greeting.startswith("+OK"):
-            otherwise = "reply_5xx" if greeting.startswith("-ERR") else "protocol"
+            otherwise: Reason = "reply_5xx" if greeting.startswith("-ERR") else "protocol"
             raise ProbeError("greeting", response_reason(greeting, otherwise), greeting[:300])
         await self._capa("greeting")
         if check.tls_mode == "starttls":
@@ -142,7 +150,7 @@ class Pop3Session:
             await self.writer.start_tls(tls_context, server_hostname=target.server_name)
             await self._capa("tls")  # RFC 2595 4: what was learnt before TLS is forgotten
 
-    async def _capa(self, stage: str) -> None:
+    async def _capa(self, stage: Stage) -> None:
         """Ask CAPA (RFC 2449); a server without it answers -ERR, which is allowed and leaves `capabilities` None."""
         assert self.writer is not None
         self.ctx.say("CAPA")
@@ -217,14 +225,7 @@ class Pop3Session:
         auth = self.target.auth
         assert auth is not None
         mechanism = auth.mechanism or "xoauth2"
-        source, token = await credential(self.ctx, auth, "auth")
-        failure = await self._sasl(mechanism, token)
-        if failure is not None and failure.reason == "auth_rejected":
-            fresh = await renewed(self.ctx, source, token, "auth")
-            if fresh is not None:
-                failure = await self._sasl(mechanism, fresh)
-        if failure is not None:
-            raise failure
+        await sign_in(self.ctx, auth, "auth", lambda token: self._sasl(mechanism, token))
 
     async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
         """One AUTH exchange. RFC 5034 4: an initial response that would make the command longer than 255 octets
@@ -237,11 +238,11 @@ class Pop3Session:
         self.writer.write(f"AUTH {name}\r\n".encode())
         reply = await self._line("auth")
         challenge = ""
-        if reply.startswith("+"):
+        if _continuation(reply):
             self.ctx.say("********")
             self.writer.write(response_text.encode() + b"\r\n")
             reply = await self._line("auth")
-            if reply.startswith("+"):
+            if _continuation(reply):
                 challenge = describe_challenge(reply[1:].strip())
                 answer = failure_answer(mechanism)
                 self.ctx.say(answer or "(empty line)")
@@ -256,7 +257,7 @@ class Pop3Session:
             reason = "auth_disabled"
         return ProbeError("auth", reason, f"AUTH {name}: {reply[:300]}" + (f" ({challenge})" if challenge else ""))
 
-    async def _read_line(self, stage: str) -> str:
+    async def _read_line(self, stage: Stage) -> str:
         """One line from the server, without its line end; too long is a protocol error, EOF a reset."""
         assert self.reader is not None
         try:
@@ -267,12 +268,13 @@ class Pop3Session:
             raise ConnectionResetError("the server closed the connection") from exc
         return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
-    async def _line(self, stage: str) -> str:
+    async def _line(self, stage: Stage) -> str:
         line = await self._read_line(stage)
         self.ctx.heard(line)
         return line
 
-    async def command(self, line: str, stage: str, *, shown: str | None = None, rejected: str = "reply_5xx") -> str:
+    async def command(self, line: str, stage: Stage, *, shown: str | None = None,
+                      rejected: Reason = "reply_5xx") -> str:
         """Send one command and return its +OK status line; -ERR raises a ProbeError for `stage`."""
         assert self.writer is not None
         self.ctx.say(shown or line)
@@ -288,7 +290,7 @@ class Pop3Session:
             raise ProbeError(stage, reason, f"{(shown or line).split(' ')[0]}: {reply[:300]}")
         raise ProbeError(stage, "protocol", f"not a POP3 status line: {reply[:200]!r}")
 
-    async def multiline(self, stage: str, max_lines: int = 1_000_000) -> list[str]:
+    async def multiline(self, stage: Stage, max_lines: int = 1_000_000) -> list[str]:
         """Read a dot-terminated multi-line body (after its +OK line), un-stuffing leading dots."""
         lines: list[str] = []
         while True:
@@ -318,3 +320,8 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
         await session.quit()
     finally:
         session.close()
+
+
+def _continuation(reply: str) -> bool:
+    """A SASL continuation (RFC 5034 4: "+" SP [base64]), not the "+OK" that ends the exchange successfully."""
+    return reply == "+" or reply.startswith("+ ")

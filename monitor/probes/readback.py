@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
@@ -23,6 +23,7 @@ from monitor.probe_message import HEADER, ProbeHeader, verify
 from monitor.probes.imap import ImapSession
 from monitor.probes.pop3 import LOGINS, Pop3Session
 from monitor.result import ProbeContext
+from monitor.steps import Stage
 
 __all__ = ["Found", "ImapReadback", "Pop3Readback", "Readback", "SweepReport", "is_stale"]
 
@@ -320,10 +321,8 @@ class Pop3Readback:
     quits in the session that found the message, so one round trip costs one login.
     """
 
-    # UIDLs known not to be probe messages, per (server, user): the sweeper then TOPs only new messages.
-    _known_plain: ClassVar[dict[tuple[str, int, str], set[str]]] = {}
-
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes) -> None:
+    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes,
+                 known_plain: set[str] | None = None) -> None:
         self.ctx = ctx
         self.target = target
         self.check = check
@@ -333,7 +332,9 @@ class Pop3Readback:
         self._opened = False
         user = target.auth.username if target.auth else ""
         self.mailbox = (target.host, check.port, user)
-        self._known = self._known_plain.setdefault(self.mailbox, set())
+        # UIDLs known not to be probe messages in this mailbox: the sweeper then TOPs only new messages. The owner
+        # (the round trip) keeps the set across runs; without one, this reader starts from nothing.
+        self._known = set() if known_plain is None else known_plain
         # With a LOGIN-DELAY: no login before this (monotonic) time; None until the first poll plans one.
         self._not_before: float | None = None
         # Logins that looked for the probe (not the opening one): none means the round trip never could look.
@@ -505,7 +506,7 @@ class Pop3Readback:
         return report
 
     @staticmethod
-    async def _listing(session: Pop3Session, stage: str) -> dict[str, int]:
+    async def _listing(session: Pop3Session, stage: Stage) -> dict[str, int]:
         """UIDL → message number of an open session (RFC 1939: messages marked deleted are not listed)."""
         await session.command("UIDL", stage)
         listing = {}

@@ -32,8 +32,29 @@ from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback,
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
 from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
+from monitor.steps import AT_STAGE, TOKEN, Kind, Stage, When, declare, run
 
 __all__ = ["RoundTrip"]
+
+# The steps of the `roundtrip` check in order (monitor/steps.py): the read-back session first (timed as one step),
+# the submission's steps, the wait, the cleanup. The submission's TLS follows the target's `smtp` settings, not this
+# check's `tls_mode` (the read-back's), so the series of both TLS variants exist from the start.
+_SUBMISSION_TLS = When("implicit TLS submission", lambda check: True)
+_SUBMISSION_STARTTLS = When("STARTTLS submission", lambda check: True)
+STEPS = declare(Kind(
+    "roundtrip", steps=run(
+        "readback_open", "dns", "connect", (_SUBMISSION_TLS, ("tls",)), "banner", "ehlo",
+        (_SUBMISSION_STARTTLS, ("starttls", "ehlo_tls")), (TOKEN, ("token",)), "auth", "mail_from", "rcpt", "data",
+        "quit", "delivery", "cleanup",
+        # Timed on every delivered run, but its series appears with the first one.
+        (When("after a delivery; no series before", lambda check: False), ("sweep",))),
+    # The submission is the send side, the read-back the receive side, the wait between them delivery.
+    side="send", ok_side="delivery", stage_side={"fetch": "receive", "delivery": "delivery", "cleanup": "delivery"},
+    # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
+    extra_failures=(*(("fetch", reason) for reason in AT_STAGE["connect"] + AT_STAGE["tls"] + AT_STAGE["auth"]),
+                    ("delivery", "not_delivered"), ("delivery", "junk"),
+                    # A POP3 read-back's RFC 2449/3206 codes: a locked mailbox, the server's LOGIN-DELAY.
+                    ("fetch", "mailbox_busy"), ("fetch", "login_delay"))))
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +84,8 @@ class RoundTrip:
                  on_swept: Callable[[str, int], None] = lambda target, n: None) -> None:
         self.key = key
         self.vantage = vantage
+        # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
+        self.known_plain: dict[tuple[str, int, str], set[str]] = {}
         self.on_late = on_late
         self.on_swept = on_swept
 
@@ -70,7 +93,9 @@ class RoundTrip:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
-        reader = Pop3Readback(ctx, target, check, key)
+        user = target.auth.username if target.auth else ""
+        known = self.known_plain.setdefault((target.host, check.port, user), set())
+        reader = Pop3Readback(ctx, target, check, key, known)
         reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
         return reader
 
@@ -148,7 +173,7 @@ class RoundTrip:
         except Exception as exc:
             raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
-    async def _readback(self, awaitable: Awaitable[T], stage: str = "fetch") -> T:
+    async def _readback(self, awaitable: Awaitable[T], stage: Stage = "fetch") -> T:
         """Await a read-back step, reporting its failure under `stage` (the submission already succeeded)."""
         try:
             return await awaitable
