@@ -111,13 +111,15 @@ def courier(env: dict[str, str]) -> Iterator[Target]:
     """Courier-IMAP on the lab's Maildir (as tests/test_other_mailstores.py runs it); yields a target reading back
     through it."""
     from tests.test_other_mailstores import COURIER_PORT, COURIER_ROOT, COURIER_START
+    from tests.tools import find_tool
 
     run = Path(tempfile.mkdtemp(prefix="mailmon-bench-courier-"))
     run.chmod(0o755)
     (run / "log").mkdir()
     shutil.chown(run / "log", "mailmonlab", "mailmonlab")
     (run / "start.sh").write_text(COURIER_START.format(root=COURIER_ROOT, maildir=env["LAB_MAILDIR"], user="mailmonlab",
-                                                       host=env["LAB_HOST"], port=COURIER_PORT, run=run))
+                                                       host=env["LAB_HOST"], port=COURIER_PORT, run=run,
+                                                       setpriv=find_tool("setpriv") or "setpriv"))
     proc = subprocess.Popen(["sh", str(run / "start.sh")], stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         until = time.monotonic() + 20
