@@ -64,6 +64,11 @@ class Runner:
         if not done:
             stage, reason = ctx.stage, "timeout"
             detail = f"no progress within {format_duration(check.timeout)} (during {ctx.current_step})"
+            if stage == "delivery":
+                # A round trip whose deadline passed while it waited for its message: the probe was not found in
+                # time, which has one name however the wait ended (docs/roundtrip.md).
+                reason = "not_delivered"
+                detail = f"not visible within the round trip's timeout of {format_duration(check.timeout)}"
             ctx.done()
             task.cancel()
             finished, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)

@@ -68,6 +68,9 @@ Reason = Literal[
     # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
     "auth_disabled",
     "local_resources",
+    # POP3 (RFC 2449/3206): the mailbox is locked by another client ([IN-USE]), or the server allows only one login
+    # every so often ([LOGIN-DELAY], CAPA LOGIN-DELAY). Neither is an outage of the server nor a wrong password.
+    "mailbox_busy", "login_delay",
 ]
 Step = Literal[
     "dns", "connect", "tls", "banner", "greeting", "capability", "ehlo", "starttls", "stls", "ehlo_tls",

@@ -74,6 +74,10 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
         kind = "vantage"
     elif reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
         kind = "tls"
+    elif reason in ("mailbox_busy", "login_delay"):
+        # Another client holds the mailbox, or the server's LOGIN-DELAY refused a login too soon: the server works
+        # and the credentials are good (checked before `auth`, where POP3 reports these).
+        kind = "other"
     elif reason in ("auth_rejected", "auth_disabled") or stage == "auth":
         # Any failure while logging in, a timeout included, is about the login: servers delay failed logins
         # (3-5 s is common, Dovecot's penalty reaches 15 s), so a wrong password can end as `auth/timeout`.

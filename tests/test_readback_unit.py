@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from aioimaplib.aioimaplib import Response
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, Secret
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target
 from monitor.probe_message import new_probe, parse_header, verify
 from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, Pop3Readback, is_stale
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
+from monitor.runner import Runner
 from tests import builders
 
 KEY = b"unit-test-probe-key-0123456789"
@@ -93,3 +96,17 @@ def test_pop3_known_plain_cache_belongs_to_its_round_trip() -> None:
     first._known.add("uidl-1")
     assert "uidl-1" in again._known
     assert "uidl-1" not in other._known
+
+
+async def test_deadline_while_waiting_for_delivery_is_not_delivered() -> None:
+    """A round trip cut off by its deadline while it waits for its message reports `delivery/not_delivered`, the one
+    name for "probe not found in time" (never `delivery/timeout`)."""
+    async def waits_forever(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+        ctx.step("delivery")
+        await asyncio.sleep(60)
+
+    readback = _readback()
+    check = replace(readback.check, timeout=0.3)
+    result = await Runner("v", probes={"roundtrip": waits_forever}).execute(readback.session.target, check)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered")
+    assert "not visible" in result.detail

@@ -190,3 +190,12 @@ def test_every_verdict_has_a_colour_on_the_status_page() -> None:
     from monitor.web.page import COLOURS
 
     assert set(VERDICTS) <= set(COLOURS)
+
+
+@pytest.mark.parametrize("reason", ["mailbox_busy", "login_delay"])
+def test_locked_or_delayed_pop3_mailbox_is_not_an_outage(reason: Reason) -> None:
+    """POP3 [IN-USE] and [LOGIN-DELAY] (RFC 2449/3206): the server works and the password is good, so the target is
+    degraded, never receive_down nor auth_failed, at login and in a round trip's read-back alike."""
+    assert decide(classify_result(r) for r in [result("smtp"), result("pop3", "auth", reason)]) == "degraded"
+    assert decide(classify_result(r) for r in [result("smtp"), result("roundtrip", "fetch", reason, via="pop3"),
+                                               result("pop3", "auth", reason)]) == "degraded"

@@ -45,6 +45,7 @@ _RESPONSE_LIMIT = 32 * 1024 * 1024
 _LINES_PER_CALL = 200
 # How much of a server's BYE line is kept for `detail`.
 _BYE_KEPT = 300
+_EXISTS = re.compile(rb"\* \d+ EXISTS\s*$", re.IGNORECASE)
 
 
 def _pieces(data: bytes) -> Iterator[bytes]:
@@ -77,6 +78,9 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         # The last untagged BYE (RFC 3501 7.1.5), e.g. `* BYE [ALERT] shutting down`: the server's own words
         # for why it closes, which must reach `detail` rather than be lost in the library.
         self.bye: str | None = None
+        # Set by every untagged `* n EXISTS` (RFC 3501 7.3.1), whichever command it came with or none: the mailbox
+        # grew. Taken (and reset) by the read-back's poll, which then fetches what is new.
+        self.grew = False
         self._received = 0
         # During AUTHENTICATE: answers the server's `+` continuation lines (ours, not the library's: it would log
         # the pending command, whose SASL-IR argument carries the token).
@@ -91,6 +95,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def _handle_line(self, line: bytes, current_cmd: aioimaplib.Command | None) -> aioimaplib.Command | None:
         if line[:6].upper() == b"* BYE ":
             self.bye = line[:_BYE_KEPT].decode(errors="replace")
+        elif _EXISTS.match(line):
+            self.grew = True
         return super()._handle_line(line, current_cmd)
 
     def closed_text(self) -> str:

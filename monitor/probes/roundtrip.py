@@ -27,6 +27,7 @@ from tenacity import (
 from monitor.config import CheckSettings, Secret, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probes.pop3 import login_delay_advice
 from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
 from monitor.queue_id import parse_queue_id
@@ -51,7 +52,9 @@ STEPS = declare(Kind(
     side="send", ok_side="delivery", stage_side={"fetch": "receive", "delivery": "delivery", "cleanup": "delivery"},
     # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
     extra_failures=(*(("fetch", reason) for reason in AT_STAGE["connect"] + AT_STAGE["tls"] + AT_STAGE["auth"]),
-                    ("delivery", "not_delivered"), ("delivery", "junk"))))
+                    ("delivery", "not_delivered"), ("delivery", "junk"),
+                    # A POP3 read-back's RFC 2449/3206 codes: a locked mailbox, the server's LOGIN-DELAY.
+                    ("fetch", "mailbox_busy"), ("fetch", "login_delay"))))
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +95,9 @@ class RoundTrip:
             return ImapReadback(ctx, target, check, key)
         user = target.auth.username if target.auth else ""
         known = self.known_plain.setdefault((target.host, check.port, user), set())
-        return Pop3Readback(ctx, target, check, key, known)
+        reader = Pop3Readback(ctx, target, check, key, known)
+        reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
+        return reader
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
         submission = target.settings("smtp")
@@ -104,8 +109,10 @@ class RoundTrip:
         reader_ctx = ProbeContext()
         reader = self.reader(reader_ctx, target, check)
         ctx.step("readback_open")
+        opened = False
         try:
             await self._open(reader)
+            opened = True
             ctx.note(f"{check.via} read-back session ready")
             # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
             header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
@@ -114,6 +121,7 @@ class RoundTrip:
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
+                self._never_looked(reader, check)
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
@@ -127,9 +135,26 @@ class RoundTrip:
             await self._readback(reader.delete(found), stage="cleanup")
             ctx.step("sweep")
             await self._sweep(reader, target)
+        except ProbeError:
+            if opened:
+                # A round trip that keeps failing (held queue, a read-back that cannot log in again) must not let
+                # probe messages pile up: the sweep runs after a failure too, in the time kept back for it.
+                await self._sweep(reader, target)
+            raise
         finally:
             reader.close()
             ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
+
+    @staticmethod
+    def _never_looked(reader: Readback, check: CheckSettings) -> None:
+        """A POP3 read-back whose server's LOGIN-DELAY allowed no look before the deadline did not see the message
+        missing: it could not look. Say that, and what would work, rather than `not_delivered`."""
+        if isinstance(reader, Pop3Readback) and reader.login_delay and reader.looks == 0:
+            delay = reader.login_delay
+            raise ProbeError("fetch", "login_delay", (
+                f"the POP3 server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY {delay:.0f}), "
+                f"and none was allowed between the submission and this round trip's deadline "
+                f"(timeout {check.timeout:.0f}s, interval {check.interval:.0f}s). {login_delay_advice(delay)}"))
 
     async def _open(self, reader: Readback) -> None:
         """Log in for the read-back, retrying only connection-level hiccups (never the submission)."""
@@ -220,6 +245,8 @@ class RoundTrip:
             return await self._readback(reader.poll(probe_id))
         except ProbeError as exc:
             raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
+        except Exception as exc:  # a read-back command that failed otherwise (a timeout): the reader's, not delivery's
+            raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
     async def _sweep(self, reader: Readback, target: Target) -> None:
         """Delete our stale probe messages (late arrivals, crash leftovers); never fails the round trip."""
