@@ -63,7 +63,7 @@ def test_operator_resources_match_the_crd_schemas(where: str, document: dict[str
     (which the API server would prune) caught by comparing what the model kept with what was written."""
     from cloudcoil.models.prometheus_operator import v1, v1alpha1
 
-    model = {"Probe": v1.Probe, "ScrapeConfig": v1alpha1.ScrapeConfig}[document["kind"]]
+    model: Any = {"Probe": v1.Probe, "ScrapeConfig": v1alpha1.ScrapeConfig}[document["kind"]]
     parsed = model.model_validate(document)
     kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
     assert _unknown_fields(document["spec"], kept["spec"], "spec") == []
