@@ -32,6 +32,7 @@ from monitor.runner import Runner
 from monitor.scheduler import Scheduler
 from monitor.signin import IDENTITIES
 from monitor.verdict import VerdictBoard, describe
+from monitor.web.budget import DutyCycle
 from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
 from monitor.web.webconfig import WebConfig
@@ -106,7 +107,7 @@ class App:
             on_rejected=self.metrics.record_http_rejected)
         self.max_connections = max_connections
         self._web_pool = ThreadPoolExecutor(_WEB_THREADS, thread_name_prefix="mailmon-web")
-        self._history_turn = asyncio.Semaphore(1)
+        self._bulk = DutyCycle()  # history pages and the status page: a bounded share of the interpreter
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -452,8 +453,8 @@ class App:
             return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
                           "change_windows": [w.as_json() for w in windows]})
 
-        async with self._history_turn:  # one page at a time: JSON encoding holds the GIL the probes need
-            return await self._off_loop(page)
+        # One page at a time, and no more than the duty cycle's share of time: encoding holds the GIL the probes need.
+        return await self._bulk.run(lambda: self._off_loop(page))
 
     async def _index(self, request: Request) -> Response:
         status = self.status()
@@ -462,11 +463,17 @@ class App:
         if self.history is not None:
             since = time.time() - 86400
             history = self.history
-            rows = await self._off_loop(history.query, since=since, failed_only=True, limit=5000)
-            for row in rows:
+
+            def day() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                # Every recorded run too, so the timeline colours what happened and leaves hours without runs as
+                # no data.
+                return (history.query(since=since, failed_only=True, limit=5000),
+                        history.query(since=since, limit=_PAGE_RUNS))
+
+            failed, recorded = await self._bulk.run(lambda: self._off_loop(day))
+            for row in failed:
                 failures.setdefault(row["target"], []).append(row)
-            # Every recorded run, so the timeline colours what happened and leaves hours without runs as no data.
-            for row in await asyncio.to_thread(self.history.query, since=since, limit=_PAGE_RUNS):
+            for row in recorded:
                 runs.setdefault(row["target"], []).append(row)
         windows = [w.as_json() for w in self.calendars.windows(time.time() - 86400, time.time())]
         reported = _param(request.query, "error")
