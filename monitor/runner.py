@@ -17,6 +17,7 @@ from monitor.durations import format_duration
 from monitor.errors import ProbeError, classify
 from monitor.probes import PROBES, Probe
 from monitor.result import ProbeContext, Result
+from monitor.steps import Reason, Stage
 from monitor.tls import handshake_observer
 
 __all__ = ["Runner", "Sink"]
@@ -57,12 +58,17 @@ class Runner:
         except asyncio.CancelledError:
             task.cancel()
             raise
-        stage: str | None = None
-        reason: str | None = None
+        stage: Stage | None = None
+        reason: Reason | None = None
         detail = ""
         if not done:
             stage, reason = ctx.stage, "timeout"
             detail = f"no progress within {format_duration(check.timeout)} (during {ctx.current_step})"
+            if stage == "delivery":
+                # A round trip whose deadline passed while it waited for its message: the probe was not found in
+                # time, which has one name however the wait ended (docs/roundtrip.md).
+                reason = "not_delivered"
+                detail = f"not visible within the round trip's timeout of {format_duration(check.timeout)}"
             ctx.done()
             task.cancel()
             finished, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
@@ -79,7 +85,9 @@ class Runner:
                 detail = exc.detail if isinstance(exc, ProbeError) else _describe(exc)
                 if isinstance(exc, ProbeError) and exc.smtp_code is not None:
                     ctx.smtp_code = exc.smtp_code
-                if reason == "internal":
+                if reason == "internal" and not isinstance(exc, ProbeError):
+                    # A ProbeError says what went wrong in its detail (an unreadable token file); only a
+                    # crash deserves a traceback.
                     log.error("probe %s/%s raised an unexpected error", target.name, check.key, exc_info=exc)
         if stage is not None:
             ctx.note(f"failed at {stage}: {reason}: {detail}")

@@ -19,6 +19,7 @@ from monitor.probes.roundtrip import over_quota
 from monitor.result import Result
 from monitor.runner import Runner
 from monitor.verdict import classify_result, decide
+from tests import builders
 from tests.conftest import MAIL_LAB, Lab
 
 
@@ -49,14 +50,15 @@ def test_over_quota_leaves_room_for_exactly_one_probe(quota: dict[str, tuple[int
 
 def test_parse_quota_reads_every_resource() -> None:
     """STORAGE and MESSAGE of a QUOTA response; unlimited (0) and malformed triples are left out."""
-    lines = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)', b"Getquotaroot completed"]
+    lines: list[bytes | bytearray | str] = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)',
+                                             b"Getquotaroot completed"]
     assert parse_quota(lines) == {"STORAGE": (2, 1024), "MESSAGE": (3, 3)}
 
 
 def test_a_full_mailbox_is_never_an_smtp_outage() -> None:
     """SMTP refusing RCPT for quota while IMAP works is `degraded`, not `smtp_down`."""
-    smtp = Result("t", "smtp", "v", False, 0.0, 0.1, {}, stage="rcpt", reason="mailbox_full")
-    imap = Result("t", "imap", "v", True, 0.0, 0.1, {})
+    smtp = builders.result("t", "smtp", stage="rcpt", reason="mailbox_full")
+    imap = builders.result("t", "imap")
     assert decide([classify_result(smtp), classify_result(imap)]) == "degraded"
 
 
@@ -173,8 +175,8 @@ def test_summary_names_a_nearly_full_mailbox(lab: Lab) -> None:
     from monitor.app import _quota_note
 
     target = _config(lab, "imap: {port: 993, tls: implicit, quota_warning: 90%}").targets[0]
-    full = Result("full", "imap", "test", True, 0.0, 0.1, {}, quota={"MESSAGE": (19, 20), "STORAGE": (10, 1000)})
-    roomy = Result("full", "imap", "test", True, 0.0, 0.1, {}, quota={"MESSAGE": (2, 20)})
+    full = builders.result("full", "imap", quota={"MESSAGE": (19, 20), "STORAGE": (10, 1000)})
+    roomy = builders.result("full", "imap", quota={"MESSAGE": (2, 20)})
     assert _quota_note(target, [full]) == (" The INBOX mailbox is 95% full (MESSAGE 19 of 20): new mail may be "
                                            "refused.")
     assert _quota_note(target, [roomy]) == ""

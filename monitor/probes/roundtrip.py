@@ -29,12 +29,36 @@ from monitor.bounces import Bounce, parse_dsn
 from monitor.config import CheckSettings, Secret, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probes.pop3 import login_delay_advice
 from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
 from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
+from monitor.steps import AT_STAGE, TOKEN, Kind, Reason, Stage, When, declare, run
 
 __all__ = ["RoundTrip", "over_quota"]
+
+# The steps of the `roundtrip` check in order (monitor/steps.py): the read-back session first (timed as one step),
+# the submission's steps, the wait, the cleanup. The submission's TLS follows the target's `smtp` settings, not this
+# check's `tls_mode` (the read-back's), so the series of both TLS variants exist from the start.
+_SUBMISSION_TLS = When("implicit TLS submission", lambda check: True)
+_SUBMISSION_STARTTLS = When("STARTTLS submission", lambda check: True)
+STEPS = declare(Kind(
+    "roundtrip", steps=run(
+        "readback_open", "dns", "connect", (_SUBMISSION_TLS, ("tls",)), "banner", "ehlo",
+        (_SUBMISSION_STARTTLS, ("starttls", "ehlo_tls")), (TOKEN, ("token",)), "auth", "mail_from", "rcpt", "data",
+        "quit", "delivery", "cleanup",
+        # Timed on every delivered run, but its series appears with the first one.
+        (When("after a delivery; no series before", lambda check: False), ("sweep",))),
+    # The submission is the send side, the read-back the receive side, the wait between them delivery.
+    side="send", ok_side="delivery", stage_side={"fetch": "receive", "delivery": "delivery", "cleanup": "delivery"},
+    # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
+    extra_failures=(*(("fetch", reason) for reason in AT_STAGE["connect"] + AT_STAGE["tls"] + AT_STAGE["auth"]),
+                    ("delivery", "not_delivered"), ("delivery", "junk"),
+                    # Refused at delivery for quota (read-back's GETQUOTAROOT, or the DSN at a submit_via sender).
+                    ("delivery", "mailbox_full"),
+                    # A POP3 read-back's RFC 2449/3206 codes: a locked mailbox, the server's LOGIN-DELAY.
+                    ("fetch", "mailbox_busy"), ("fetch", "login_delay"))))
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +103,8 @@ class RoundTrip:
         # Every target by name, for round trips that submit through another target (`submit_via`).
         self.targets = targets or {}
         self.vantage = vantage
+        # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
+        self.known_plain: dict[tuple[str, int, str], set[str]] = {}
         self.on_late = on_late
         self.on_swept = on_swept
 
@@ -86,7 +112,11 @@ class RoundTrip:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
-        return Pop3Readback(ctx, target, check, key)
+        user = target.auth.username if target.auth else ""
+        known = self.known_plain.setdefault((target.host, check.port, user), set())
+        reader = Pop3Readback(ctx, target, check, key, known)
+        reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
+        return reader
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
         # A loop between providers: submit through another target, read back here.
@@ -100,8 +130,10 @@ class RoundTrip:
         reader_ctx = ProbeContext()
         reader = self.reader(reader_ctx, target, check)
         ctx.step("readback_open")
+        opened = False
         try:
             await self._open(reader)
+            opened = True
             ctx.note(f"{check.via} read-back session ready")
             # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
             header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
@@ -112,6 +144,7 @@ class RoundTrip:
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
+                self._never_looked(reader, check)
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
@@ -129,9 +162,26 @@ class RoundTrip:
             await self._readback(reader.delete(found), stage="cleanup")
             ctx.step("sweep")
             await self._sweep(reader, target)
+        except ProbeError:
+            if opened:
+                # A round trip that keeps failing (held queue, a read-back that cannot log in again) must not let
+                # probe messages pile up: the sweep runs after a failure too, in the time kept back for it.
+                await self._sweep(reader, target)
+            raise
         finally:
             reader.close()
             ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
+
+    @staticmethod
+    def _never_looked(reader: Readback, check: CheckSettings) -> None:
+        """A POP3 read-back whose server's LOGIN-DELAY allowed no look before the deadline did not see the message
+        missing: it could not look. Say that, and what would work, rather than `not_delivered`."""
+        if isinstance(reader, Pop3Readback) and reader.login_delay and reader.looks == 0:
+            delay = reader.login_delay
+            raise ProbeError("fetch", "login_delay", (
+                f"the POP3 server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY {delay:.0f}), "
+                f"and none was allowed between the submission and this round trip's deadline "
+                f"(timeout {check.timeout:.0f}s, interval {check.interval:.0f}s). {login_delay_advice(delay)}"))
 
     async def _open(self, reader: Readback) -> None:
         """Log in for the read-back, retrying only connection-level hiccups (never the submission)."""
@@ -150,7 +200,7 @@ class RoundTrip:
         except Exception as exc:
             raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
-    async def _readback(self, awaitable: Awaitable[T], stage: str = "fetch") -> T:
+    async def _readback(self, awaitable: Awaitable[T], stage: Stage = "fetch") -> T:
         """Await a read-back step, reporting its failure under `stage` (the submission already succeeded)."""
         try:
             return await awaitable
@@ -233,7 +283,7 @@ class RoundTrip:
             mailbox.close()
         if bounce is None:
             return
-        reason = "mailbox_full" if bounce.status[2:].startswith("2.2") else "not_delivered"
+        reason: Reason = "mailbox_full" if bounce.status[2:].startswith("2.2") else "not_delivered"
         raise ProbeError("delivery", reason, f"accepted by the server (queue id {ctx.queue_id or 'unknown'}), then "
                                              f"bounced to the sender ({submitter.name}): Status {bounce.status}, "
                                              f"{bounce.diagnostic or 'no diagnostic'}")
@@ -291,6 +341,8 @@ class RoundTrip:
             return await self._readback(reader.poll(probe_id))
         except ProbeError as exc:
             raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
+        except Exception as exc:  # a read-back command that failed otherwise (a timeout): the reader's, not delivery's
+            raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
     async def _sweep(self, reader: Readback, target: Target) -> None:
         """Delete our stale probe messages (late arrivals, crash leftovers); never fails the round trip."""
