@@ -11,22 +11,31 @@ Modes, run interleaved in one session against the lab (which must be quiet: no o
   imap-idle   baseline: IDLE only (what a plain IDLE client sees; Dovecot delays IDLE by 0.5 s)
   pop3        mailmon's read-back: fast polls (a fresh login each), slow polls for the long tail
   pop3-slow   baseline: one poll a second
+  courier     with --courier: mailmon's IMAP read-back through Courier-IMAP (unpacked by scripts/other-mailstores),
+              a server that reports new mail only in answer to NOOP/IDLE, reading the same Maildir
 
-Usage: python bench/roundtrip_detection.py [--rounds N]   (needs `scripts/mail-lab start`, as root)
+Usage: python bench/roundtrip_detection.py [--rounds N] [--courier]   (needs `scripts/mail-lab start`, as root)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import dataclasses
 import os
+import shutil
+import signal
+import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +101,44 @@ def lab_target(env: dict[str, str]) -> Target:
                   auth=Auth(env["LAB_USER"], Secret(password)), checks=(smtp, imap, pop3, *trips))
 
 
-async def one(target: Target, via: str, fast: bool, watch: MaildirWatch) -> tuple[float, float]:
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+@contextlib.contextmanager
+def courier(env: dict[str, str]) -> Iterator[Target]:
+    """Courier-IMAP on the lab's Maildir (as tests/test_other_mailstores.py runs it); yields a target reading back
+    through it."""
+    from tests.test_other_mailstores import COURIER_PORT, COURIER_ROOT, COURIER_START
+    from tests.tools import find_tool
+
+    run = Path(tempfile.mkdtemp(prefix="mailmon-bench-courier-"))
+    run.chmod(0o755)
+    (run / "log").mkdir()
+    shutil.chown(run / "log", "mailmonlab", "mailmonlab")
+    (run / "start.sh").write_text(COURIER_START.format(root=COURIER_ROOT, maildir=env["LAB_MAILDIR"], user="mailmonlab",
+                                                       host=env["LAB_HOST"], port=COURIER_PORT, run=run,
+                                                       setpriv=find_tool("setpriv") or "setpriv"))
+    proc = subprocess.Popen(["sh", str(run / "start.sh")], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        until = time.monotonic() + 20
+        while not _listening(env["LAB_HOST"], COURIER_PORT):
+            if time.monotonic() > until or proc.poll() is not None:
+                raise RuntimeError("Courier-IMAP did not start (run scripts/other-mailstores)")
+            time.sleep(0.05)
+        target = lab_target(env)
+        trip = dataclasses.replace(next(c for c in target.checks if c.via == "imap"), port=COURIER_PORT,
+                                   tls_mode="none")
+        yield dataclasses.replace(target, checks=(*target.checks, trip))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+async def one(target: Target, via: str, fast: bool, watch: MaildirWatch,
+              port: int | None = None) -> tuple[float, float]:
     """(reported, real) latency in seconds for one round trip in the given mode."""
     trip = RoundTrip(Secret("bench-probe-key-0123456789"), "bench")
     accepted: list[float] = []
@@ -106,7 +152,7 @@ async def one(target: Target, via: str, fast: bool, watch: MaildirWatch) -> tupl
     saved = roundtrip_module._FAST_WINDOW
     roundtrip_module._FAST_WINDOW = saved if fast else 0.0
     try:
-        check = next(c for c in target.checks if c.via == via)
+        check = next(c for c in target.checks if c.via == via and (port is None or c.port == port))
         result = await Runner("bench", probes={**PROBES, "roundtrip": trip}).execute(target, check)
     finally:
         roundtrip_module._FAST_WINDOW = saved
@@ -128,20 +174,30 @@ def summary(name: str, delays: list[float], reals: list[float]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=40, help="round trips per mode (default 40)")
+    parser.add_argument("--courier", action="store_true", help="also read back through Courier-IMAP")
     args = parser.parse_args()
     env = lab_env()
     maildir = Path(env["LAB_MAILDIR"])
     watch = MaildirWatch([maildir / "new", maildir / "cur"])
-    target = lab_target(env)
-    modes = {"imap": ("imap", True), "imap-idle": ("imap", False), "pop3": ("pop3", True), "pop3-slow": ("pop3", False)}
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(courier(env)) if args.courier else lab_target(env)
+        await measure(args.rounds, target, watch, args.courier)
+
+
+async def measure(rounds: int, target: Target, watch: MaildirWatch, with_courier: bool) -> None:
+    modes: dict[str, tuple[str, bool, int | None]] = {
+        "imap": ("imap", True, 993), "imap-idle": ("imap", False, 993), "pop3": ("pop3", True, None),
+        "pop3-slow": ("pop3", False, None)}
+    if with_courier:
+        modes["courier"] = ("imap", True, target.checks[-1].port)
     delays: dict[str, list[float]] = {name: [] for name in modes}
     reals: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(args.rounds):
-        for name, (via, fast) in modes.items():  # interleaved, so drift in the lab hits every mode alike
-            reported, real = await one(target, via, fast, watch)
+    for _ in range(rounds):
+        for name, (via, fast, port) in modes.items():  # interleaved, so drift in the lab hits every mode alike
+            reported, real = await one(target, via, fast, watch, port)
             delays[name].append(reported - real)
             reals[name].append(real)
-    print(f"round trips per mode: {args.rounds}; lab: Postfix submission 587 → LMTP → Dovecot Maildir")
+    print(f"round trips per mode: {rounds}; lab: Postfix submission 587 → LMTP → Dovecot Maildir")
     for name in modes:
         print(summary(name, delays[name], reals[name]))
     for ours, baseline in (("imap", "imap-idle"), ("pop3", "pop3-slow")):

@@ -9,25 +9,31 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from monitor import config as config_module
 from monitor import resources, selfcheck
+from monitor.authres import LoopCollector, auth_note
 from monitor.changes import ChangeCalendars
 from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
 from monitor.diagnose import freshness
+from monitor.discovery import Discovery
 from monitor.explain import Answer, explain
 from monitor.history import History
 from monitor.logs import log_result
 from monitor.metrics import Metrics
+from monitor.mx import MxCollector
+from monitor.ondemand import OnDemand, ProbeRefused, ProbeRequest, deadline, parse_request
 from monitor.probes import Probe, probes_for
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
 from monitor.signin import IDENTITIES
 from monitor.verdict import VerdictBoard, describe
+from monitor.web.budget import DutyCycle
 from monitor.web.page import render as render_page
 from monitor.web.server import HttpServer, Request, Response
 from monitor.web.webconfig import WebConfig
@@ -44,9 +50,16 @@ _SPREAD_PER_CHECK = 0.01
 # Change calendars: files are looked at this often; window edges are met on time whatever this is.
 _CHANGES_RECHECK = 30.0
 _CHANGES_MIN_WAIT = 0.05
+# targets_from files are looked at this often (size and mtime; a changed file is re-read).
+_DISCOVERY_RECHECK = 5.0
 # Threads for the HTTP side's blocking work (history queries, gzip). Its own pool, not the loop's default one:
 # that one also runs the probes' getaddrinfo, which many concurrent /api/history requests would queue behind.
 _WEB_THREADS = 2
+# GET /probe: seconds kept between the run's deadline and Prometheus's scrape timeout (--probe.timeout-offset).
+DEFAULT_PROBE_OFFSET = 0.5
+# Verdict recorded in the history for a /probe run: it is not a scheduled run, and its own verdict is in the
+# first transcript line (docs/history.md).
+ON_DEMAND = "on_demand"
 
 _T = TypeVar("_T")
 
@@ -56,13 +69,28 @@ class App:
 
     def __init__(self, config: Config, listen: str | None = None, registry: CollectorRegistry | None = None,
                  config_path: str | None = None, web: WebConfig | None = None,
-                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = resources.DEFAULT_MAX_CONNECTIONS,
+                 probe_offset: float = DEFAULT_PROBE_OFFSET) -> None:
+        # `config` as loaded; `self.config` adds the targets discovered from `targets_from` files.
+        self.static_config = config
+        self.discovery = Discovery()
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._discovery_problems = 0  # problems found in targets_from files so far
         self.config = config
         self.config_path = config_path or config.source
         self.listen = listen or config.listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, config.vantage, config.failure_series)
+        # Per-MX-host series of MX targets (host: {mx: DOMAIN}); a collector of its own, beside Metrics.
+        self.mx_hosts = MxCollector(config.vantage)
+        self.mx_hosts.only = frozenset(t.name for t in config.targets if t.mx is not None)
+        self.registry.register(self.mx_hosts)
+        # Round trips' Authentication-Results, hop count and hop delays (monitor/authres.py).
+        self.loops = LoopCollector(config.vantage)
+        self.registry.register(self.loops)
         self.board = VerdictBoard()
+        self.on_demand = OnDemand(config.vantage, config.failure_series)
+        self.probe_offset = probe_offset
         IDENTITIES.observer = self.metrics.record_token  # token requests of every identity, by outcome
         self._add_identities(config)
         self.history: History | None = None
@@ -81,12 +109,13 @@ class App:
             ("GET", "/api/status"): self._api_status,
             ("GET", "/api/history"): self._api_history,
             ("GET", "/api/explain"): self._api_explain,
+            ("GET", "/probe"): self._probe,
             ("GET", "/"): self._index,
         }, authorize=self.web.authorized if self.web.users else None, max_connections=max_connections,
             on_rejected=self.metrics.record_http_rejected)
         self.max_connections = max_connections
         self._web_pool = ThreadPoolExecutor(_WEB_THREADS, thread_name_prefix="mailmon-web")
-        self._history_turn = asyncio.Semaphore(1)
+        self._bulk = DutyCycle()  # history pages and the status page: a bounded share of the interpreter
         self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -94,6 +123,10 @@ class App:
         if settings is not None:
             self.history = await asyncio.to_thread(History.open, settings.path, settings.retention,
                                                    settings.max_bytes)
+        if self.config.targets_from:
+            self.config = self._discovered(self.config, force=True)
+            self._add_identities(self.config)
+            self.runner.probes = self._probes(self.config)
         self._bound_http()
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
@@ -112,7 +145,10 @@ class App:
         self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
         if self.config.changes:
             self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
+        self._discovery_task = asyncio.create_task(self._discovery_loop(), name="targets_from")
         self.metrics.record_reload(True, time.time())
+        if self._discovery_problems:
+            self.metrics.record_reload(False, time.time())  # a targets_from file is bad
         self.started_at = time.time()  # the status page marks it: data before it is from an earlier process
         # Everything built so far (config, metric series) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall the loop for ~0.5 s at 5,000 targets (bench/scale.py).
@@ -132,7 +168,7 @@ class App:
         self.metrics.record_http_cap(cap)
 
     async def stop(self) -> None:
-        for task in (self._selfcheck_task, self._changes_task):
+        for task in (self._selfcheck_task, self._changes_task, self._discovery_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -159,8 +195,12 @@ class App:
                 self.metrics.record_reload(False, time.time())
                 log.error("reload failed, keeping the running configuration", extra={"fields": {"errors": str(exc)}})
                 return False
-            await self._apply(new)
+            self.static_config = new
+            problems_before = self._discovery_problems
+            await self._apply(self._discovered(new, force=True))
             self.metrics.record_reload(True, time.time())
+            if self._discovery_problems > problems_before:
+                self.metrics.record_reload(False, time.time())  # a targets_from file is bad: say so here too
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
 
@@ -168,6 +208,7 @@ class App:
         """Every check result: verdict first (history and logs carry it), then metrics and the log."""
         verdict = self.board.record(result)
         self.metrics.record(result)
+        self.loops.record(result)
         self.metrics.set_verdict(result.target, verdict)
         log_result(result)
         if self.history is not None:
@@ -229,6 +270,31 @@ class App:
             wait = min([_CHANGES_RECHECK, *(edge - now for edge in edges)])
             await asyncio.sleep(max(_CHANGES_MIN_WAIT, wait))
 
+    def _discovered(self, config: Config, force: bool = False) -> Config:
+        """`config` with the targets of its `targets_from` files added (problems are logged; a bad file keeps
+        its last good targets)."""
+        if not config.targets_from:
+            return config
+        found, problems = self.discovery.refresh(config, force)
+        for problem in problems:
+            log.warning("targets_from: %s", problem)
+        if problems:
+            self._discovery_problems += len(problems)
+            self.metrics.record_reload(False, time.time())
+        return replace(config, targets=config.targets + tuple(found))
+
+    async def _discovery_loop(self) -> None:
+        """Re-read changed targets_from files and apply what they add, change or drop."""
+        while True:
+            await asyncio.sleep(_DISCOVERY_RECHECK)
+            if not self.static_config.targets_from:
+                continue
+            async with self._reload_lock:
+                fresh = await asyncio.to_thread(self._discovered, self.static_config)
+                if fresh.targets != self.config.targets:
+                    await self._apply(fresh)
+                    log.info("targets_from changed", extra={"fields": {"targets": len(fresh.targets)}})
+
     def _probes(self, config: Config) -> dict[str, Probe]:
         return probes_for(config, on_late=self.metrics.record_late, on_swept=self.metrics.record_swept)
 
@@ -261,6 +327,8 @@ class App:
             if old.get(name) != target:
                 self.metrics.add_target(target)
                 self.scheduler.add(target)
+        self.mx_hosts.only = frozenset(t.name for t in new.targets if t.mx is not None)
+        self.loops.forget(t.name for t in new.targets)
         self.config = new
 
     async def _metrics(self, request: Request) -> Response:
@@ -273,13 +341,49 @@ class App:
         if compress:
             # Prometheus asks for gzip: ~10-25x fewer bytes on the wire.
             headers["Content-Encoding"] = "gzip"
-        body = await self._off_loop(self.metrics.scrape(compress))
+        body = await self._off_loop(self.metrics.scrape(compress, tail=self.on_demand.exposition()))
         return Response(body=body, content_type=CONTENT_TYPE_LATEST, headers=headers)
 
     async def _off_loop(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run HTTP-side blocking work in the web pool: at most _WEB_THREADS at once, the rest wait their turn."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._web_pool, lambda: func(*args, **kwargs))
+
+    async def _probe(self, request: Request) -> Response:
+        """`GET /probe`: run one check now and answer with its series (monitor/ondemand.py, docs/scaling.md)."""
+        try:
+            wanted = parse_request(request.query, self.config)
+            timeout = deadline(wanted.check.timeout, request.headers.get("x-prometheus-scrape-timeout-seconds"),
+                               self.probe_offset, self.http.handler_timeout - 1.0)
+        except ProbeRefused as refused:
+            self.on_demand.count(refused.outcome)
+            return Response.text(refused.reason + "\n", refused.status)
+        if self.scheduler is None:
+            return Response.text("starting\n", 503)
+        slots = self.scheduler.slots
+        if slots.locked():
+            # Every slot of the shared bound is taken (or scheduled runs wait for one): answer now rather than
+            # queue, so Prometheus sees a clear failure (up 0, status 503) well within its timeout.
+            self.on_demand.count("busy")
+            return Response(503, f"busy: all {self.config.concurrency} probe slots are in use\n".encode(),
+                            headers={"Retry-After": "1"})
+        check = replace(wanted.check, timeout=timeout)
+        run = ProbeRequest(target=wanted.target, check=check, module=wanted.module)
+        runner = self.runner
+        if check.name == "roundtrip":
+            # Late arrivals and swept messages this run finds count in its own series, not the scheduler's.
+            series = self.on_demand.series(run)
+            runner = Runner(self.config.vantage, probes=probes_for(self.config, on_late=series.record_late,
+                                                                   on_swept=series.record_swept))
+        async with slots:
+            result = await runner.execute(run.target, check)
+        verdict, body = self.on_demand.record(run, result, self.board.vantage_healthy)
+        log_result(result)
+        if self.history is not None:
+            how = f"module {run.module}" if run.module else "configured target"
+            result.transcript.insert(0, f"on demand: GET /probe ({how}), verdict {verdict}")
+            self.history.submit(result, ON_DEMAND)
+        return Response(body=body, content_type=CONTENT_TYPE_LATEST)
 
     async def _healthy(self, request: Request) -> Response:
         return Response.text("OK\n")
@@ -305,7 +409,8 @@ class App:
             targets.append({
                 "target": target.name,
                 "verdict": verdict,
-                "summary": describe(verdict, results, self.config.vantage) + _quota_note(target, results) + during,
+                "summary": (describe(verdict, results, self.config.vantage) + _quota_note(target, results)
+                            + auth_note(results) + during),
                 "checks": [{**r.as_json(), "age_seconds": round(now - r.started_at, 3), "transcript": r.transcript}
                            for r in results],
             })
@@ -313,7 +418,8 @@ class App:
         return {"vantage": self.config.vantage, "generated_at": now,
                 "vantage_healthy": self.board.vantage_healthy, "targets": targets,
                 "change_windows_open": [w.as_json() for w in open_windows],
-                "change_windows_recent": [w.as_json() for w in recent]}
+                "change_windows_recent": [w.as_json() for w in recent],
+                "on_demand": self.on_demand.status()}
 
     def explain(self, reported: str, target: str | None) -> Answer | str:
         """"A user reports X" answered from this monitor's current results; a str is a bad request's reason."""
@@ -359,8 +465,8 @@ class App:
             return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
                           "change_windows": [w.as_json() for w in windows]})
 
-        async with self._history_turn:  # one page at a time: JSON encoding holds the GIL the probes need
-            return await self._off_loop(page)
+        # One page at a time, and no more than the duty cycle's share of time: encoding holds the GIL the probes need.
+        return await self._bulk.run(lambda: self._off_loop(page))
 
     async def _index(self, request: Request) -> Response:
         status = self.status()
@@ -369,11 +475,17 @@ class App:
         if self.history is not None:
             since = time.time() - 86400
             history = self.history
-            rows = await self._off_loop(history.query, since=since, failed_only=True, limit=5000)
-            for row in rows:
+
+            def day() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                # Every recorded run too, so the timeline colours what happened and leaves hours without runs as
+                # no data.
+                return (history.query(since=since, failed_only=True, limit=5000),
+                        history.query(since=since, limit=_PAGE_RUNS))
+
+            failed, recorded = await self._bulk.run(lambda: self._off_loop(day))
+            for row in failed:
                 failures.setdefault(row["target"], []).append(row)
-            # Every recorded run, so the timeline colours what happened and leaves hours without runs as no data.
-            for row in await asyncio.to_thread(self.history.query, since=since, limit=_PAGE_RUNS):
+            for row in recorded:
                 runs.setdefault(row["target"], []).append(row)
         windows = [w.as_json() for w in self.calendars.windows(time.time() - 86400, time.time())]
         reported = _param(request.query, "error")

@@ -1,8 +1,9 @@
-"""Command line: `mailmon run | check | diagnose | history | validate`.
+"""Command line: `mailmon run | check | diagnose | history | validate | auth login`.
 
-Exit codes: 0 fine; 2 configuration error (every command). `check` follows Nagios: 2 CRITICAL (a check
-failed), 3 UNKNOWN (nothing to check, or the monitor itself failed). `diagnose`: 1 the fault is on this
-side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
+Exit codes: 0 fine; 2 configuration error (every command). `auth login`: 0 the refresh token is stored, 2 it is not
+(configuration, declined or expired sign-in), 130 interrupted (Ctrl-C) before it was.
+`check` follows Nagios: 2 CRITICAL (a check failed), 3 UNKNOWN (nothing to check, or the monitor itself failed).
+`diagnose`: 1 the fault is on this side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -31,6 +33,7 @@ EXIT_OK = 0
 EXIT_CRITICAL = 2
 EXIT_CONFIG = 2
 EXIT_UNKNOWN = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                           "to keep descriptors for the probes under RLIMIT_NOFILE)")
     run.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                      help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)")
+    run.add_argument("--probe.timeout-offset", dest="probe_offset", type=_seconds, default=None, metavar="SECONDS",
+                     help="GET /probe ends its check this long before Prometheus's scrape timeout (default 0.5)")
 
     check = sub.add_parser("check", help="run every check once and report (Nagios exit codes)")
     common(check)
@@ -92,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check the configuration file and exit")
     common(validate)
+
+    auth = sub.add_parser("auth", help="OAuth2 sign-in for targets with auth.oauth2")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    login = auth_sub.add_parser("login", help="device-code sign-in (RFC 8628): store the first refresh token of a "
+                                              "target with oauth2 grant refresh_token")
+    common(login)
+    login.add_argument("--target", metavar="NAME", required=True, help="the target to sign in for")
+    loop_option(login)
     return parser
 
 
@@ -109,6 +122,17 @@ def _load(path: str) -> Config | None:
     except ConfigError as exc:
         _report("configuration", exc)
         return None
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 3600 seconds: {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -158,12 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 _report("web config", exc)
                 return EXIT_CONFIG
-        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections), args.event_loop)
+        return _on_loop(_run(config, args.listen, args.config, web, args.max_connections, args.probe_offset),
+                        args.event_loop)
     if args.command == "history":
         from monitor.history_cli import show_history
 
         return show_history(config, args.since, args.until, args.target, args.check, args.failed, max(1, args.limit),
                             args.format or "table")
+    if args.command == "auth":
+        try:
+            return _on_loop(_auth_login(config, args.target), args.event_loop)
+        except KeyboardInterrupt:
+            # The administrator gave up waiting: say so plainly, no traceback; nothing was written.
+            print("\nmailmon: sign-in interrupted: nothing was stored", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if args.command == "diagnose":
         from monitor.diagnose import diagnose, diagnose_client_error
 
@@ -182,13 +214,40 @@ def _on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
         return EXIT_CONFIG
 
 
+async def _auth_login(config: Config, name: str) -> int:
+    """`mailmon auth login`: the device-code sign-in for one target's refresh-token identity."""
+    from monitor.signin.device import DeviceLoginError, login
+
+    target = next((t for t in config.targets if t.name == name), None)
+    if target is None:
+        print(f"mailmon: no target {name!r} in the configuration", file=sys.stderr)
+        return EXIT_CONFIG
+    if target.auth is None or target.auth.oauth2 is None or target.auth.oauth2.grant != "refresh_token":
+        print(f"mailmon: target {name!r} does not sign in with auth.oauth2 grant refresh_token, which is what "
+              "`mailmon auth login` is for", file=sys.stderr)
+        return EXIT_CONFIG
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # httpx logs every poll at info ("POST .../token 400 Bad Request" while the user has not signed in yet):
+        # noise that reads like an error next to the prompt. --log.level debug shows it.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        stored = await login(target.auth.oauth2, target.auth.username, sys.stdout)
+    except DeviceLoginError as exc:
+        print(f"mailmon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"Signed in. The refresh token is stored in {stored} (mode 0600); a running monitor reads it at its "
+          "next token request.")
+    return EXIT_OK
+
+
 async def _run(config: Config, listen: str | None, path: str, web: WebConfig | None,
-               max_connections: int | None = None) -> int:
+               max_connections: int | None = None, probe_offset: float | None = None) -> int:
     from monitor import resources
-    from monitor.app import App
+    from monitor.app import DEFAULT_PROBE_OFFSET, App
 
     app = App(config, listen=listen, config_path=path, web=web,
-              max_connections=max_connections or resources.DEFAULT_MAX_CONNECTIONS)
+              max_connections=max_connections or resources.DEFAULT_MAX_CONNECTIONS,
+              probe_offset=DEFAULT_PROBE_OFFSET if probe_offset is None else probe_offset)
     try:
         await app.start()
     except MailmonError as exc:  # the history file cannot be used

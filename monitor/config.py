@@ -8,6 +8,7 @@ keys are errors rather than silently ignored typos.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import ipaddress
 import os
@@ -24,7 +25,10 @@ import yaml
 from monitor.changes import ChangeEntry, ChangeSource, IcsError, check_rrule, parse_ics
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import MailmonError
+from monitor.families import IP_FAMILY_CHOICES
+from monitor.families import expand as expand_families
 from monitor.history import MIN_MAX_BYTES
+from monitor.mx import MxSpec
 
 if TYPE_CHECKING:
     from monitor.signin.settings import OAuth2Settings
@@ -148,6 +152,11 @@ class CheckSettings:
     quota_warning: float = 0.9
     # The target signs in with OAuth2: the check gets a token (a timed `token` step) before AUTH/LOGIN.
     uses_token: bool = False
+    # Round trip only: the target whose smtp block (host, port, credentials) submits the probe; None: this one.
+    submit_via: str | None = None
+    # The address family this check connects over (ipv4, ipv6; `both` while loading only, see monitor/families.py);
+    # None: whatever the host name resolves to, as before.
+    ip_family: str | None = None
 
     @property
     def label(self) -> str:
@@ -156,8 +165,10 @@ class CheckSettings:
 
     @property
     def key(self) -> str:
-        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP."""
-        return f"{self.label}:{self.via}" if self.via else self.label
+        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP;
+        `@ipv6` follows for a check bound to an address family (`imap@ipv6`)."""
+        key = f"{self.label}:{self.via}" if self.via else self.label
+        return f"{key}@{self.ip_family}" if self.ip_family else key
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,8 @@ class Target:
     tls: TlsSettings
     auth: Auth | None
     checks: tuple[CheckSettings, ...]
+    # `host: {mx: DOMAIN}`: the smtp check walks the domain's MX hosts (monitor/mx.py); `host` is then the domain.
+    mx: MxSpec | None = None
 
     @property
     def server_name(self) -> str:
@@ -201,6 +214,29 @@ FAILURE_SERIES = ("all", "on_failure")
 
 
 @dataclass(frozen=True)
+class Module:
+    """A check described once and run against hosts that come from outside the config (blackbox-style):
+    `GET /probe?module=NAME&target=HOST[:PORT]`, or a `targets_from` file naming the module."""
+
+    name: str
+    check: CheckSettings
+    tls: TlsSettings
+    auth: Auth | None
+    # Host names or addresses the module may be run against (full-match regexes); empty: any host. Required
+    # when the module logs in, so that nobody can have the monitor send its credentials to a host of their
+    # choosing through a URL.
+    hosts: tuple[re.Pattern[str], ...] = ()
+
+    def allows(self, host: str) -> bool:
+        return not self.hosts or any(pattern.fullmatch(host) for pattern in self.hosts)
+
+    def target(self, name: str, host: str, port: int | None = None) -> Target:
+        """The one-check target this module describes for `host` (`port` overrides the module's)."""
+        check = self.check if port is None else replace(self.check, port=port)
+        return Target(name=name, host=host, tls=self.tls, auth=self.auth, checks=(check,))
+
+
+@dataclass(frozen=True)
 class Config:
     vantage: str
     listen: str
@@ -219,6 +255,10 @@ class Config:
     failure_series: str = "on_failure"
     # Change calendars (client update days, renewals, maintenance) shown beside faults on every view.
     changes: tuple[ChangeSource, ...] = ()
+    # Named checks for `GET /probe?module=NAME&target=HOST[:PORT]` and for discovered targets (monitor/ondemand.py).
+    modules: dict[str, Module] = field(default_factory=dict)
+    # Prometheus file_sd files (absolute glob patterns) whose entries become scheduled targets (monitor/discovery.py).
+    targets_from: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
@@ -378,7 +418,7 @@ def _ca_file_problem(ca_file: str) -> str | None:
     except ssl.SSLError as exc:
         return f"CA file {ca_file!r} holds no usable certificate ({exc.reason or exc})"
     except OSError as exc:
-        return f"cannot read CA file {ca_file!r}: {exc.strerror}"
+        return f"cannot read CA file {ca_file!r}: {exc.strerror}{_whose(exc)}"
     return None
 
 
@@ -459,7 +499,7 @@ def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, en
                 # One trailing newline is an editor's, not the secret's.
                 value = handle.read().removesuffix("\n").removesuffix("\r")
         except OSError as exc:
-            reader.problem(node, path, f"cannot read {what} file {file_name!r}: {exc.strerror}")
+            reader.problem(node, path, f"cannot read {what} file {file_name!r}: {exc.strerror}{_whose(exc)}")
             return None
     if value == "":
         reader.problem(node, path, f"the {what} is empty")
@@ -467,10 +507,17 @@ def _read_secret(reader: YamlReader, node: yaml.Node, path: str, source: str, en
     return value
 
 
+def _whose(exc: OSError) -> str:
+    """For a permission error, who needs to read the file: the image and the systemd unit run as their own user."""
+    if exc.errno != errno.EACCES or not hasattr(os, "geteuid"):
+        return ""
+    return f" (mailmon runs as uid {os.geteuid()}: make the file readable by that user)"
+
+
 _CHECK_KEYS = {
-    "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to"),
-    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox", "quota_warning"),
-    "pop3": ("port", "tls", "interval", "timeout", "auth"),
+    "smtp": ("port", "tls", "interval", "timeout", "auth", "helo_name", "mail_from", "rcpt_to", "ip_family"),
+    "imap": ("port", "tls", "interval", "timeout", "auth", "mailbox", "quota_warning", "ip_family"),
+    "pop3": ("port", "tls", "interval", "timeout", "auth", "ip_family"),
 }
 _PROFILE_KEYS = ("name", "tls_min", "tls_max", "auth_mechanism", *_CHECK_KEYS["smtp"])
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
@@ -549,6 +596,7 @@ def _load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, inter
         mail_from=mail_from, rcpt_to=rcpt_to,
         mailbox=_get(reader, entries, "mailbox", path, reader.string, "INBOX"),
         quota_warning=_get(reader, entries, "quota_warning", path, _ratio(reader), 0.9),
+        ip_family=_get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None),
     )
 
 
@@ -569,11 +617,13 @@ def _ratio(reader: YamlReader) -> Callable[[yaml.Node, str], float | None]:
     return convert
 
 
-_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox")
+_ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_folders", "mailbox", "ip_family",
+                   "submit_via")
 
 
 def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
-                    checks: dict[str, CheckSettings], auth_user: str | None) -> list[CheckSettings]:
+                    checks: dict[str, CheckSettings], auth_user: str | None,
+                    has_auth: bool = False) -> list[CheckSettings]:
     """One CheckSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `roundtrip:` alone: every default
@@ -586,8 +636,8 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
             reader.problem(entries["via"][1], f"{path}.via", f"{name!r} cannot read mail back: use imap or pop3")
         elif name not in checks:
             reader.problem(node, path, f"via {name} needs the target's {name} block (its port, tls and credentials)")
-    if "smtp" not in checks:
-        reader.problem(node, path, "a round trip submits over SMTP: the target needs an smtp block")
+    if "smtp" not in checks and "submit_via" not in entries:
+        reader.problem(node, path, "a round trip submits over SMTP: the target needs an smtp block (or submit_via)")
     if len(set(via)) != len(via):
         reader.problem(entries["via"][1], f"{path}.via", "lists a protocol twice")
     check_interval = _get(reader, entries, "interval", path, reader.duration, interval)
@@ -596,12 +646,16 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
                          min(DEFAULT_ROUNDTRIP_TIMEOUT, check_interval))
     _check_timing(reader, entries, path, check_interval, check_timeout)
     recipient = _get(reader, entries, "recipient", path, reader.string, auth_user)
-    if recipient is None:
+    # An auth block that failed (an unreadable password file) has its own problem: one cause, one error.
+    if recipient is None and not has_auth:
         reader.problem(node, path, "recipient is required when the target has no auth block")
-    sender = _get(reader, entries, "sender", path, reader.string, recipient)
+    submit_via = _get(reader, entries, "submit_via", path, reader.string, None)
+    # Submitted through another target, the probe comes from that target's user (settled in _link_submitters).
+    sender = _get(reader, entries, "sender", path, reader.string, None if submit_via else recipient)
     default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
     junk = _get(reader, entries, "junk_folders", path, reader.string_list, default_junk)
     mailbox = _get(reader, entries, "mailbox", path, reader.string, "INBOX")
+    ip_family = _get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None)
     result = []
     for name in via:
         readback = checks.get(name)
@@ -610,14 +664,14 @@ def _load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: fl
         result.append(CheckSettings(
             name="roundtrip", port=readback.port, tls_mode=readback.tls_mode, interval=check_interval,
             timeout=check_timeout, use_auth=True, via=name, recipient=recipient, sender=sender,
-            junk_folders=junk, mailbox=mailbox))
+            junk_folders=junk, mailbox=mailbox, ip_family=ip_family, submit_via=submit_via))
     return result
 
 
 def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float,
                  environ: dict[str, str]) -> Target | None:
     entries = reader.mapping(node, path, ("name", "host", "tls", "auth", "interval", "timeout", *CHECK_NAMES,
-                                          "smtp_profiles"))
+                                          "smtp_profiles", "ip_family"))
     if not isinstance(node, yaml.MappingNode):
         return None
     for required in ("name", "host"):
@@ -625,7 +679,12 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
             reader.problem(node, path, f"{required} is required")
     name = _get(reader, entries, "name", path,
                 lambda n, p: reader.string(n, p, _NAME, "a valid target name (letters, digits, _ . : @ -)"), None)
-    host = _get(reader, entries, "host", path, reader.string, None)
+    mx: MxSpec | None = None
+    if "host" in entries and isinstance(entries["host"][1], yaml.MappingNode):
+        mx = _load_mx_host(reader, entries["host"][1], f"{path}.host")
+        host = mx.domain if mx is not None else None
+    else:
+        host = _get(reader, entries, "host", path, reader.string, None)
     tls = _load_tls(reader, entries["tls"][1], f"{path}.tls") if "tls" in entries else TlsSettings()
     auth = _load_auth(reader, entries["auth"][1], f"{path}.auth", environ) if "auth" in entries else None
     interval = _get(reader, entries, "interval", path, reader.duration, interval)
@@ -644,7 +703,7 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
     if "roundtrip" in entries:
         by_name = {c.name: c for c in checks if c.profile is None}
         checks.extend(_load_roundtrip(reader, entries["roundtrip"][1], f"{path}.roundtrip", interval, by_name,
-                                      auth.username if auth is not None else None))
+                                      auth.username if auth is not None else None, "auth" in entries))
     if not any(c in entries for c in (*CHECK_NAMES, "smtp_profiles")):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
     if auth is not None and auth.oauth2 is not None:
@@ -652,9 +711,79 @@ def _load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float
             reader.problem(entries["smtp_profiles"][1], f"{path}.smtp_profiles",
                            "auth_mechanism (plain, login) needs a password; with oauth2 set auth.mechanism")
         checks = [replace(c, uses_token=True) if c.use_auth else c for c in checks]
+    target_family = _get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES),
+                         None)
+    checks = expand_families(checks, target_family)
+    if mx is not None:
+        for other in ("imap", "pop3", "roundtrip"):
+            if other in entries:
+                reader.problem(entries[other][0], f"{path}.{other}", "needs a host: MX records (host: {mx: ...}) "
+                                                                     "name where mail arrives, checked by smtp only")
     if name is None or host is None:
         return None
-    return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks))
+    return Target(name=name, host=host, tls=tls, auth=auth, checks=tuple(checks), mx=mx)
+
+
+def _link_submitters(reader: YamlReader, targets: list[Target], nodes: dict[str, yaml.Node],
+                     paths: dict[str, str]) -> list[Target]:
+    """Round trips with `submit_via`: the named target must exist and submit over SMTP; without `sender`, the probe
+    comes from that target's user (a loop from one provider to another)."""
+    by_name = {t.name: t for t in targets}
+    linked = []
+    for target in targets:
+        checks = []
+        for check in target.checks:
+            if check.submit_via is not None:
+                where = f"{paths[target.name]}.roundtrip.submit_via"
+                node = _child(_child(nodes[target.name], "roundtrip"), "submit_via")
+                other = by_name.get(check.submit_via)
+                if other is None:
+                    reader.problem(node, where, f"no target named {check.submit_via!r}")
+                elif other.settings("smtp") is None:
+                    reader.problem(node, where, f"target {other.name!r} has no smtp block to submit through")
+                elif check.sender is None:
+                    if other.auth is None:
+                        reader.problem(node, where, f"target {other.name!r} has no auth block: set roundtrip.sender")
+                    else:
+                        check = replace(check, sender=other.auth.username)
+            checks.append(check)
+        linked.append(replace(target, checks=tuple(checks)))
+    return linked
+
+
+def _child(node: yaml.Node, key: str) -> yaml.Node:
+    """The value node of `key` in a mapping node (for a problem's line), else the node itself."""
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            if getattr(name, "value", None) == key:
+                return value  # type: ignore[no-any-return]
+    return node
+
+
+def _load_mx_host(reader: YamlReader, node: yaml.Node, path: str) -> MxSpec | None:
+    """`{mx: DOMAIN, resolver: ADDRESS[:PORT]}` (resolver optional: the system's)."""
+    entries = reader.mapping(node, path, ("mx", "resolver"))
+    domain = _get(reader, entries, "mx", path, reader.string, None)
+    if domain is None:
+        if "mx" not in entries:
+            reader.problem(node, path, "mx is required: the domain whose MX records to check")
+        return None
+    resolver: tuple[str, int] | None = None
+    text = _get(reader, entries, "resolver", path, reader.string, None)
+    if text is not None:
+        if text.startswith("["):  # [::1]:5353
+            address, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ("53" if not rest else "")
+        elif text.count(":") == 1:  # 127.0.0.53:5353
+            address, port = text.split(":")
+        else:
+            address, port = text, "53"
+        if not is_address(address) or not port.isdigit() or not 0 < int(port) < 65536:
+            reader.problem(entries["resolver"][1], f"{path}.resolver",
+                           f"{text!r} is not an IP address with an optional port (e.g. 127.0.0.53 or [::1]:5353)")
+        else:
+            resolver = (address, int(port))
+    return MxSpec(domain.rstrip(".").lower(), resolver)
 
 
 def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> Config:
@@ -680,7 +809,7 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
     if root is None:
         raise ConfigError([f"{source}: the file is empty"])
     entries = reader.mapping(root, "", ("vantage", "listen", "defaults", "concurrency", "probe_key", "selfcheck",
-                                        "history", "metrics", "targets", "changes"))
+                                        "history", "metrics", "targets", "changes", "modules", "targets_from"))
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(reader.sorted_problems())
 
@@ -709,8 +838,12 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                               lambda n, p: reader.choice(n, p, FAILURE_SERIES), failure_series)
     probe_key = _load_probe_key(reader, entries["probe_key"][1], environ) if "probe_key" in entries else None
     targets: list[Target] = []
+    modules = _load_modules(reader, entries["modules"][1], interval, timeout, environ) if "modules" in entries else {}
+    targets_from = _load_targets_from(reader, entries["targets_from"][1], source) if "targets_from" in entries else ()
     if "targets" not in entries:
-        reader.problem(root, "targets", "is required: list at least one target")
+        if not modules and not targets_from:
+            # (Or none, with modules for GET /probe or targets_from: docs/scaling.md.)
+            reader.problem(root, "targets", "is required: list at least one target")
     else:
         node = entries["targets"][1]
         if not isinstance(node, yaml.SequenceNode) or not node.value:
@@ -727,6 +860,8 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
                     continue
                 seen[target.name] = index
                 targets.append(target)
+            targets = _link_submitters(reader, targets, {name: node.value[i] for name, i in seen.items()},
+                                       {name: f"targets[{i}]" for name, i in seen.items()})
     if probe_key is None and "probe_key" not in entries and any(c.via for t in targets for c in t.checks):
         reader.problem(root, "probe_key", "is required for round trips: {file: PATH} or {env: NAME} holding a "
                                           "secret of at least 16 characters that signs probe messages")
@@ -734,13 +869,13 @@ def load_text(text: str, source: str, environ: dict[str, str] | None = None) -> 
         raise ConfigError(reader.sorted_problems())
     selfcheck = _load_selfcheck(reader, entries["selfcheck"][1] if "selfcheck" in entries else None, interval,
                                 targets)
-    history = _load_history(reader, entries["history"][1], source) if "history" in entries else None
+    history = _load_history(reader, entries["history"][1], source, environ) if "history" in entries else None
     changes = _load_changes(reader, entries["changes"][1], source) if "changes" in entries else ()
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     return Config(vantage=vantage, listen=listen, interval=interval, timeout=timeout, concurrency=concurrency,
                   targets=tuple(targets), source=source, probe_key=probe_key, selfcheck=selfcheck, history=history,
-                  failure_series=failure_series, changes=changes)
+                  failure_series=failure_series, changes=changes, modules=modules, targets_from=targets_from)
 
 
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$")
@@ -750,13 +885,22 @@ _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB":
 _MIN_HISTORY_BYTES = MIN_MAX_BYTES
 
 
-def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySettings | None:
+def state_directory(environ: dict[str, str]) -> str | None:
+    """The service manager's state directory: systemd's StateDirectory= sets $STATE_DIRECTORY (a colon-separated
+    list; the first is ours), and the container image sets it to its volume, /var/lib/mailmon."""
+    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return first if os.path.isabs(first) else None
+
+
+def _load_history(reader: YamlReader, node: yaml.Node, source: str,
+                  environ: dict[str, str]) -> HistorySettings | None:
     """Where the probe history journal lives and how much of it to keep."""
     entries = reader.mapping(node, "history", ("path", "retention", "max_size"))
     if not isinstance(node, yaml.MappingNode):
         return None
     if "path" not in entries:
-        reader.problem(node, "history", "path is required (the SQLite file, relative to this config file)")
+        reader.problem(node, "history", "path is required (the SQLite file, relative to $STATE_DIRECTORY when set, "
+                                        "else to this config file)")
         return None
     path = reader.string(entries["path"][1], "history.path")
     retention = _get(reader, entries, "retention", "history", reader.duration, HistorySettings.retention)
@@ -773,7 +917,13 @@ def _load_history(reader: YamlReader, node: yaml.Node, source: str) -> HistorySe
                                f"must be at least {_MIN_HISTORY_BYTES // 1024}KiB, got {max_bytes} bytes")
     if path is None:
         return None
-    if not os.path.isabs(path) and source:
+    # A relative path is state, not configuration: under a service manager it goes to the state directory (the
+    # config directory is read-only there: /etc/mailmon under ProtectSystem=strict or a :ro container mount);
+    # run by hand, beside the config file as before.
+    base = state_directory(environ)
+    if not os.path.isabs(path) and base is not None:
+        path = os.path.join(base, path)
+    elif not os.path.isabs(path) and source:
         path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
     return HistorySettings(path=path, retention=retention, max_bytes=max_bytes)
 
@@ -968,3 +1118,83 @@ def _load_change_entries(reader: YamlReader, node: yaml.Node, path: str) -> tupl
         if ok and name is not None and start is not None and duration is not None:
             found.append(ChangeEntry(name=name, start=start, duration=dt.timedelta(seconds=duration), rrule=rrule))
     return tuple(found) if ok else None
+
+
+_MODULE_KEYS = ("protocol", "port", "tls", "ca_file", "server_name", "auth", "timeout", "hosts", "helo_name",
+                "mail_from", "rcpt_to", "mailbox", "quota_warning")
+MODULE_PROTOCOLS = ("smtp", "imap", "pop3")
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _load_modules(reader: YamlReader, node: yaml.Node, interval: float, timeout: float,
+                  environ: dict[str, str]) -> dict[str, Module]:
+    """`modules:` — NAME: {protocol, port, tls, ca_file, server_name, auth, timeout, hosts, ...} (blackbox-style)."""
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        reader.problem(node, "modules", "must be a mapping of module names to {protocol, port, tls, ...}")
+        return {}
+    modules: dict[str, Module] = {}
+    for key_node, item in node.value:
+        name = reader.string(key_node, "modules", _MODULE_NAME, "a module name (letters, digits, _ . -)")
+        if name is None:
+            continue
+        path = f"modules.{name}"
+        if name in modules:
+            reader.problem(key_node, path, "duplicate module name")
+            continue
+        entries = reader.mapping(item, path, _MODULE_KEYS)
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        if "protocol" not in entries:
+            reader.problem(item, path, f"protocol is required (one of {', '.join(MODULE_PROTOCOLS)})")
+            continue
+        protocol = reader.choice(entries["protocol"][1], f"{path}.protocol", MODULE_PROTOCOLS)
+        if protocol is None:
+            continue
+        auth = _load_auth(reader, entries["auth"][1], f"{path}.auth", environ) if "auth" in entries else None
+        tls = TlsSettings()
+        if "ca_file" in entries or "server_name" in entries:
+            tls_entries = {k: v for k, v in entries.items() if k in ("ca_file", "server_name")}
+            tls = _load_tls_entries(reader, tls_entries, path)
+        hosts: list[re.Pattern[str]] = []
+        if "hosts" in entries:
+            no_hosts: tuple[str, ...] = ()
+            for index, text in enumerate(_get(reader, entries, "hosts", path, reader.string_list, no_hosts)):
+                try:
+                    hosts.append(re.compile(text))
+                except re.error as exc:
+                    reader.problem(entries["hosts"][1], f"{path}.hosts[{index}]", f"{text!r} is not a regex: {exc}")
+        if "auth" in entries and "hosts" not in entries:
+            reader.problem(item, path, "a module that logs in needs hosts: [regex, ...], the hosts its credentials "
+                                       "may be sent to (GET /probe takes the host from the URL)")
+        module_timeout = _get(reader, entries, "timeout", path, reader.duration, timeout)
+        # The check's own keys, read as a target's check block would be (interval: the module's timeout at most).
+        plain = {k: v for k, v in entries.items() if k in _CHECK_KEYS[protocol] and k not in ("auth", "timeout")}
+        check = _load_check(reader, protocol, item, path, max(interval, module_timeout), module_timeout,
+                            "auth" in entries, entries=plain)
+        if check is None:
+            continue
+        if auth is not None and auth.oauth2 is not None:
+            check = replace(check, uses_token=True)
+        modules[name] = Module(name=name, check=check, tls=tls, auth=auth, hosts=tuple(hosts))
+    return modules
+
+
+def _load_tls_entries(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str) -> TlsSettings:
+    """ca_file and server_name given beside other keys (a module's), checked as a target's `tls` block is."""
+    ca_file = _get(reader, entries, "ca_file", path, reader.string, None)
+    if ca_file is not None:
+        if ca_file not in reader.ca_files:
+            reader.ca_files[ca_file] = _ca_file_problem(ca_file)
+        problem = reader.ca_files[ca_file]
+        if problem is not None:
+            reader.problem(entries["ca_file"][1], f"{path}.ca_file", problem)
+    return TlsSettings(ca_file=ca_file, server_name=_get(reader, entries, "server_name", path, reader.string, None))
+
+
+def _load_targets_from(reader: YamlReader, node: yaml.Node, source: str) -> tuple[str, ...]:
+    """`targets_from: [glob, ...]`: Prometheus file_sd files (JSON or YAML), relative to this config file."""
+    patterns = reader.string_list(node, "targets_from")
+    if patterns is None:
+        return ()
+    base = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    return tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in patterns)

@@ -1,4 +1,4 @@
-"""The failure taxonomy: bounded stage and reason sets, the probe error, and exception classification."""
+"""The probe error and exception classification; the closed stage and reason sets live in monitor/steps.py."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import errno
 import re
 import socket
 import ssl
+
+from monitor.steps import REASONS, STAGES, Reason, Stage
 
 __all__ = [
     "LOCAL_RESOURCE_ERRNOS",
@@ -17,22 +19,6 @@ __all__ = [
     "classify",
 ]
 
-# These become Prometheus label values: the sets are closed on purpose. Free text (server replies,
-# exception messages) goes to `detail`, logs and history, never into labels.
-STAGES: tuple[str, ...] = (
-    "dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt", "data",
-    "login", "select", "fetch", "delivery", "cleanup", "quit",
-    # OAuth2 sign-in: getting a token from the identity provider, before AUTH (monitor/signin/).
-    "token",
-)
-REASONS: tuple[str, ...] = (
-    "timeout", "refused", "reset", "unreachable", "tls_handshake", "cert_invalid", "cert_expired",
-    "auth_rejected", "reply_4xx", "reply_5xx", "protocol", "not_delivered", "junk", "internal",
-    "mailbox_full",
-    # The server refuses the login mechanism by policy (Basic authentication switched off), not the credentials.
-    "auth_disabled",
-    "local_resources",
-)
 # RFC 3463 X.2.2 "Mailbox full": the recipient's quota, not the server's health (452 4.3.1 is the server's disk).
 _MAILBOX_FULL = re.compile(r"^[45]\.2\.2\b")
 
@@ -55,19 +41,20 @@ class MailmonError(Exception):
 class ProbeError(MailmonError):
     """A probe step failed in a known way: where (`stage`), why (`reason`), and the server's words."""
 
-    def __init__(self, stage: str, reason: str, detail: str = "", *, smtp_code: int | None = None) -> None:
+    def __init__(self, stage: Stage, reason: Reason, detail: str = "", *, smtp_code: int | None = None) -> None:
+        # The types say it to mypy; this says it to callers that pass strings from outside (a stage is a label).
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         super().__init__(f"{stage}/{reason}: {detail}" if detail else f"{stage}/{reason}")
-        self.stage = stage
-        self.reason = reason
+        self.stage: Stage = stage
+        self.reason: Reason = reason
         self.detail = detail
         self.smtp_code = smtp_code
 
 
-def reply_reason(code: int) -> str:
+def reply_reason(code: int) -> Reason:
     """The reason for an unexpected numeric reply: 4xx is temporary, 5xx permanent, anything else a protocol error."""
     if 400 <= code < 500:
         return "reply_4xx"
@@ -76,7 +63,7 @@ def reply_reason(code: int) -> str:
     return "protocol"
 
 
-def smtp_reply_reason(code: int, message: str) -> str:
+def smtp_reply_reason(code: int, message: str) -> Reason:
     """The reason for an unexpected SMTP reply: a full mailbox (enhanced status X.2.2) is named as such."""
     if 400 <= code < 600 and _MAILBOX_FULL.match(message.lstrip()):
         return "mailbox_full"
@@ -93,7 +80,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _reason_of(exc: BaseException) -> str | None:
+def _reason_of(exc: BaseException) -> Reason | None:
     """The reason for one exception in the chain, or None when it says nothing specific."""
     if isinstance(exc, ProbeError):
         return exc.reason
@@ -135,7 +122,7 @@ def _reason_of(exc: BaseException) -> str | None:
     return None
 
 
-def classify(exc: BaseException, stage: str) -> tuple[str, str]:
+def classify(exc: BaseException, stage: Stage) -> tuple[Stage, Reason]:
     """Map an exception raised during `stage` to (stage, reason).
 
     A ProbeError anywhere in the chain says it all. Otherwise the innermost error that names a reason

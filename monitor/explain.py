@@ -24,7 +24,7 @@ _STEP_WORDS = {"dns": "name resolution", "connect": "connect", "tls": "TLS", "gr
                "ehlo": "EHLO", "auth": "login", "mail_from": "MAIL FROM", "rcpt": "RCPT TO", "data": "DATA",
                SESSION: "a whole session"}
 # The order steps happen in: a check that failed at a later step got past the user's step.
-_ORDER = {stage: index for index, stage in enumerate(STAGES)}
+_ORDER: dict[str, int] = {stage: index for index, stage in enumerate(STAGES)}
 _RECENT = 3 * 86400.0
 # Failures that say something about the monitor (its sign-in at the identity provider, its own resources), not
 # about whether the server accepts this step.

@@ -203,7 +203,8 @@ def row_from_result(result: Result, verdict: str | None = None) -> dict[str, Any
         "time": float(result.started_at),
         "vantage": result.vantage,
         "target": result.target,
-        "check": result.check,
+        # A check bound to an address family is its own history series: `imap@ipv6` (see monitor/families.py).
+        "check": f"{result.check}@{result.ip_family}" if result.ip_family else result.check,
         "via": result.via,
         "ok": 1 if result.ok else 0,
         "stage": result.stage,

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import __version__
+from monitor import __version__, steps
 from monitor.config import CheckSettings, Target
 from monitor.exposition import Exposition, format_value, label_text
-from monitor.result import PHASE_STAGE, Result
+from monitor.result import Result
 from monitor.signin import TokenEvent
 from monitor.verdict import VERDICTS
 
@@ -36,73 +36,18 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Submit-to-visible latency: loopback delivery takes milliseconds, a queue backlog minutes.
 ROUNDTRIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-# Which (stage, reason) pairs a check can produce: the stages its steps pass through, and the reasons
-# that can happen at each. Used to pre-create the failure counters, so it must cover what the probes
-# and `errors.classify` can return.
-_ANYWHERE = ("timeout", "reset", "protocol", "internal", "local_resources")
-_AT_STAGE = {
-    "dns": ("unreachable",),
-    "connect": ("refused", "unreachable"),
-    "tls": ("tls_handshake", "cert_invalid", "cert_expired", "reply_4xx", "reply_5xx"),
-    "auth": ("auth_rejected", "reply_4xx", "reply_5xx", "auth_disabled"),
-    # RFC 3463 X.2.2: the recipient's mailbox is full.
-    "rcpt": ("reply_4xx", "reply_5xx", "mailbox_full"),
-    "data": ("reply_4xx", "reply_5xx", "mailbox_full"),
-    # The identity provider's token endpoint (monitor/signin/endpoint.py): network, TLS, and its HTTP answers.
-    "token": ("refused", "unreachable", "tls_handshake", "cert_invalid", "cert_expired", "auth_rejected",
-              "reply_4xx", "reply_5xx"),
-}
-_REPLIES = ("reply_4xx", "reply_5xx")
 # Outcomes of a token request: success, or how stage `token` failed.
-TOKEN_OUTCOMES = ("success", *_ANYWHERE, *_AT_STAGE["token"])
+TOKEN_OUTCOMES = ("success", *steps.reasons_at("token"))
 
 
 def expected_phases(check: CheckSettings) -> tuple[str, ...]:
-    """The steps a successful run of `check` times, in order."""
-    tls_steps: tuple[str, ...]
-    if check.name == "smtp":
-        tls_steps = ("starttls", "ehlo_tls") if check.tls_mode == "starttls" else ()
-        steps = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ()) + ("banner", "ehlo") + tls_steps
-        steps += (("token",) if check.uses_token else ()) + (("auth",) if check.use_auth else ())
-        steps += ("mail_from", "rcpt", "rset") if check.mail_from else ()
-        return (*steps, "quit")
-    if check.name == "imap":
-        tls_steps = ("starttls",) if check.tls_mode == "starttls" else ()
-        head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        token = ("token",) if check.uses_token else ()
-        return (*head, "greeting", "capability", *tls_steps, *token, "login", "select", "logout")
-    if check.name == "pop3":
-        tls_steps = ("stls",) if check.tls_mode == "starttls" else ()
-        head = ("dns", "connect") + (("tls",) if check.tls_mode == "implicit" else ())
-        login = ("token", "auth") if check.uses_token else ("user", "pass")
-        return (*head, "greeting", *tls_steps, *login, "stat", "quit")
-    if check.name == "roundtrip":
-        # Read-back session first (timed as one step), then the submission's own steps, then the wait.
-        token = ("token",) if check.uses_token else ()
-        return ("readback_open", "dns", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", *token, "auth",
-                "mail_from", "rcpt", "data", "quit", "delivery", "cleanup")
-    raise ValueError(f"unknown check {check.name!r}")
+    """The steps a successful run of `check` times, in order (its kind's declaration, monitor/steps.py)."""
+    return steps.kind(check.name).expected_steps(check)
 
 
 def possible_failures(check: CheckSettings) -> list[tuple[str, str]]:
-    """Every (stage, reason) this check can report."""
-    stages: list[str] = []
-    for step in expected_phases(check):
-        stage = PHASE_STAGE.get(step, step)
-        if stage not in stages:
-            stages.append(stage)
-    if check.tls_mode != "none" and "tls" not in stages:
-        stages.append("tls")
-    pairs: list[tuple[str, str]] = []
-    for stage in stages:
-        reasons = _AT_STAGE.get(stage, _REPLIES if stage not in ("dns", "connect") else ())
-        pairs.extend((stage, reason) for reason in _ANYWHERE + tuple(r for r in reasons if r not in _ANYWHERE))
-    if check.name == "roundtrip":
-        # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
-        extra = [("fetch", r) for r in _AT_STAGE["connect"] + _AT_STAGE["tls"] + _AT_STAGE["auth"]]
-        extra += [("delivery", "not_delivered"), ("delivery", "junk")]
-        pairs += [pair for pair in dict.fromkeys(extra) if pair not in pairs]
-    return pairs
+    """Every (stage, reason) this check can report; the failure counters pre-created for it."""
+    return list(steps.kind(check.name).possible_failures(check))
 
 
 class _CheckState:
@@ -112,10 +57,11 @@ class _CheckState:
                  "phases", "rest", "runs", "skipped", "smtp_code", "success")
 
     def __init__(self, vantage: str, target: str, check: str, via: str, phases: Iterable[str],
-                 failures: Iterable[tuple[str, str]], smtp_code: bool) -> None:
+                 failures: Iterable[tuple[str, str]], smtp_code: bool, ip_family: str | None = None) -> None:
         # Label names in sorted order, as prometheus_client writes them: phase, reason and stage go between
-        # `check` and the rest.
-        self.check = label_text(("check",), (check,))
+        # `check` (with `ip_family`, only on checks bound to an address family) and the rest.
+        self.check = (label_text(("check", "ip_family"), (check, ip_family)) if ip_family
+                      else label_text(("check",), (check,)))
         self.rest = label_text(("target", "vantage", "via"), (target, vantage, via))
         self.labels = f"{self.check},{self.rest}"
         self.success = self.duration = self.runs = self.skipped = 0.0
@@ -281,7 +227,8 @@ class Metrics:
                 continue
             state = self._add_check(owner, _CheckState(
                 self.vantage, target.name, check.label, check.via or "", expected_phases(check),
-                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip")))
+                possible_failures(check) if self.precreate_failures else (), check.name in ("smtp", "roundtrip"),
+                check.ip_family))
             if check.name == "imap":
                 # The nearly-full threshold, so the shipped alert compares each mailbox with its own setting.
                 self.quota_warning.set_one(owner, state.labels, check.quota_warning)
@@ -315,7 +262,7 @@ class Metrics:
         state = self._checks.get(owner)
         if state is None:  # a check that was never added (not from the config): its series start now
             state = self._add_check(owner, _CheckState(self.vantage, result.target, result.check, result.via or "",
-                                                       (), (), result.smtp_code is not None))
+                                                       (), (), result.smtp_code is not None, result.ip_family))
         state.runs += 1
         state.last_attempt = result.started_at
         state.duration = result.duration_seconds
@@ -417,6 +364,10 @@ class Metrics:
                 self.change_active.labels(self.vantage, calendar, name).set(1 if (calendar, name) in active else 0)
                 if (calendar, name) in next_starts:
                     self.change_next.labels(self.vantage, calendar, name).set(next_starts[(calendar, name)])
+
+    def check_exposition(self) -> bytes:
+        """Only the per-target and per-check series (what GET /probe answers with; monitor/ondemand.py)."""
+        return self._text.render()
 
     def _add_check(self, owner: tuple[str, str], state: _CheckState) -> _CheckState:
         """Start publishing a check's series, at their initial values."""

@@ -22,20 +22,23 @@ SocketFactory = Callable[[int, int, int], socket.socket]
 socket_factory: SocketFactory = socket.socket
 
 
-async def open_socket(ctx: ProbeContext, host: str, port: int) -> socket.socket:
-    """Resolve `host` and connect to the first address that accepts; raise the last error otherwise."""
+async def open_socket(ctx: ProbeContext, host: str, port: int, family: int = socket.AF_UNSPEC) -> socket.socket:
+    """Resolve `host` and connect to the first address that accepts; raise the last error otherwise.
+
+    `family` (AF_INET, AF_INET6) keeps to one address family: a check bound to IPv6 must fail when IPv6 does,
+    not quietly fall back to IPv4. A name without an address of that family fails at `dns` (socket.gaierror)."""
     loop = asyncio.get_running_loop()
     ctx.step("dns")
     if is_address(host):
         # An address needs no resolver: skip the thread pool (about 30x the CPU of resolving it here).
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
                                    flags=socket.AI_NUMERICHOST)
     else:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     ctx.step("connect")
     last_error: OSError | None = None
-    for family, kind, proto, _name, address in infos:
-        sock = socket_factory(family, kind, proto)  # EMFILE, ENFILE, ENOBUFS here are this host's, see errors.py
+    for found_family, kind, proto, _name, address in infos:
+        sock = socket_factory(found_family, kind, proto)  # EMFILE, ENFILE, ENOBUFS here are this host's, see errors.py
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, address)

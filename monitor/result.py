@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from monitor.steps import STEP_STAGE, Reason, Stage, Step
 
 __all__ = ["ProbeContext", "Result", "TlsFacts"]
 
 # A transcript is for humans reading one probe; a hostile server must not be able to grow it without bound.
 _TRANSCRIPT_MAX_LINES = 200
 _TRANSCRIPT_MAX_LINE = 300
-
-# The protocol step a probe is in decides the failure stage when the deadline or an exception hits.
-# Steps that are not stages themselves map here; every other step name is also a stage name.
-PHASE_STAGE = {
-    "banner": "greeting",
-    "starttls": "tls",
-    "stls": "tls",
-    "ehlo_tls": "ehlo",
-    "capability": "greeting",
-    "user": "auth",
-    "pass": "auth",
-    "login": "auth",
-    "stat": "select",
-    "rset": "quit",
-    "logout": "quit",
-    "readback_open": "fetch",
-    "sweep": "cleanup",
-}
-
 
 @dataclass
 class TlsFacts:
@@ -51,8 +34,8 @@ class Result:
     started_at: float
     duration_seconds: float
     phases: dict[str, float]
-    stage: str | None = None
-    reason: str | None = None
+    stage: Stage | None = None
+    reason: Reason | None = None
     detail: str = ""
     smtp_code: int | None = None
     smtp_reply: str | None = None
@@ -64,11 +47,20 @@ class Result:
     # IMAP GETQUOTAROOT of the checked mailbox (RFC 9208): resource -> (usage, limit), STORAGE in KiB. A state of
     # the mailbox for metrics and the summary; the transcript keeps the server's words for the history.
     quota: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The address family the check was bound to (`ip_family`: ipv4, ipv6); None when it used any.
+    ip_family: str | None = None
+    # Round trips: the receiver's Authentication-Results {method: result} of the delivered probe, its Received
+    # headers (None: headers not read) and each hop's delay, oldest first (monitor/authres.py).
+    auth_results: dict[str, str] = field(default_factory=dict)
+    hops: int | None = None
+    hop_delays: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> str:
-        """Which of the target's checks this is: `CheckSettings.key` (`roundtrip:imap` for a round trip)."""
-        return f"{self.check}:{self.via}" if self.via else self.check
+        """Which of the target's checks this is: `CheckSettings.key` (`roundtrip:imap` for a round trip,
+        `imap@ipv6` for a check bound to an address family)."""
+        key = f"{self.check}:{self.via}" if self.via else self.check
+        return f"{key}@{self.ip_family}" if self.ip_family else key
 
     def as_json(self) -> dict[str, Any]:
         """The public JSON shape (`mailmon check --json`); field names are an interface."""
@@ -90,7 +82,21 @@ class Result:
             "message_id": self.message_id,
             "detail": self.detail,
             "started_at": self.started_at,
+            **self._issue16_fields(),
         }
+
+    def _issue16_fields(self) -> dict[str, Any]:
+        """Fields only results of newer settings have (ip_family, a round trip's receiver judgement): present only
+        when set, so the history (schema 1, whose rows mirror the fields above) still holds every field of the
+        other results. History keeps ip_family in its `check` column (`imap@ipv6`) and the Authentication-Results
+        and hops in the transcript line."""
+        extra: dict[str, Any] = {}
+        if self.ip_family is not None:
+            extra["ip_family"] = self.ip_family
+        if self.hops is not None:
+            extra.update(auth_results=dict(self.auth_results), hops=self.hops,
+                         hop_delays=[round(d, 3) for d in self.hop_delays])
+        return extra
 
 
 class ProbeContext:
@@ -105,7 +111,7 @@ class ProbeContext:
         self.started = clock()
         self.phases: dict[str, float] = {}
         # Before the first step() a failure still needs a stage; nothing is timed until a step starts.
-        self.current_step: str = "connect"
+        self.current_step: Step | Literal["done"] = "connect"
         self._timing = False
         self._step_started = self.started
         self.transcript: list[str] = []
@@ -115,9 +121,12 @@ class ProbeContext:
         self.queue_id: str | None = None
         self.message_id: str | None = None
         self.quota: dict[str, tuple[int, int]] = {}
+        self.auth_results: dict[str, str] = {}
+        self.hops: int | None = None
+        self.hop_delays: list[float] = []
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
-        self.step_after_handshake: str | None = None
+        self.step_after_handshake: Step | None = None
         # When the runner gives up on this probe (the check's deadline, in `clock` time): steps that wait on a
         # third party of their own (a token endpoint) bound their requests by it.
         self.deadline: float | None = None
@@ -130,7 +139,7 @@ class ProbeContext:
             self.step(self.step_after_handshake)
         self.step_after_handshake = None
 
-    def step(self, name: str) -> None:
+    def step(self, name: Step) -> None:
         """Close the running step (recording its time) and start `name`."""
         self._close_step()
         self.current_step = name
@@ -161,9 +170,9 @@ class ProbeContext:
         return max(0.0, self.deadline - float(self._clock()))
 
     @property
-    def stage(self) -> str:
-        """The failure stage the current step belongs to."""
-        return PHASE_STAGE.get(self.current_step, self.current_step)
+    def stage(self) -> Stage:
+        """The failure stage the current step belongs to (monitor/steps.py); after `done`, the session's end."""
+        return "quit" if self.current_step == "done" else STEP_STAGE[self.current_step]
 
     def say(self, line: str) -> None:
         """Record what the client sent (already redacted)."""

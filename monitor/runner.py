@@ -17,6 +17,7 @@ from monitor.durations import format_duration
 from monitor.errors import ProbeError, classify
 from monitor.probes import PROBES, Probe
 from monitor.result import ProbeContext, Result
+from monitor.steps import Reason, Stage
 from monitor.tls import handshake_observer
 
 __all__ = ["Runner", "Sink"]
@@ -57,12 +58,17 @@ class Runner:
         except asyncio.CancelledError:
             task.cancel()
             raise
-        stage: str | None = None
-        reason: str | None = None
+        stage: Stage | None = None
+        reason: Reason | None = None
         detail = ""
         if not done:
             stage, reason = ctx.stage, "timeout"
             detail = f"no progress within {format_duration(check.timeout)} (during {ctx.current_step})"
+            if stage == "delivery":
+                # A round trip whose deadline passed while it waited for its message: the probe was not found in
+                # time, which has one name however the wait ended (docs/roundtrip.md).
+                reason = "not_delivered"
+                detail = f"not visible within the round trip's timeout of {format_duration(check.timeout)}"
             ctx.done()
             task.cancel()
             finished, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
@@ -79,7 +85,9 @@ class Runner:
                 detail = exc.detail if isinstance(exc, ProbeError) else _describe(exc)
                 if isinstance(exc, ProbeError) and exc.smtp_code is not None:
                     ctx.smtp_code = exc.smtp_code
-                if reason == "internal":
+                if reason == "internal" and not isinstance(exc, ProbeError):
+                    # A ProbeError says what went wrong in its detail (an unreadable token file); only a
+                    # crash deserves a traceback.
                     log.error("probe %s/%s raised an unexpected error", target.name, check.key, exc_info=exc)
         if stage is not None:
             ctx.note(f"failed at {stage}: {reason}: {detail}")
@@ -88,7 +96,8 @@ class Runner:
             started_at=started_at, duration_seconds=ctx.elapsed(), phases=dict(ctx.phases),
             stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
             tls=ctx.tls, transcript=ctx.transcript, via=check.via, queue_id=ctx.queue_id, message_id=ctx.message_id,
-            quota=ctx.quota,
+            quota=ctx.quota, ip_family=check.ip_family, auth_results=ctx.auth_results, hops=ctx.hops,
+            hop_delays=ctx.hop_delays,
         )
 
 

@@ -63,6 +63,11 @@ class Scheduler:
         self._runs: set[asyncio.Task[None]] = set()
 
     @property
+    def slots(self) -> asyncio.Semaphore:
+        """The concurrency bound; on-demand runs (GET /probe) take their slot from it too."""
+        return self._slots
+
+    @property
     def keys(self) -> set[tuple[str, str]]:
         return set(self._entries)
 

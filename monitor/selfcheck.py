@@ -15,6 +15,7 @@ from monitor import resources
 from monitor.config import Config, SelfcheckSettings, is_address
 from monitor.errors import LOCAL_RESOURCE_ERRNOS, ProbeError
 from monitor.result import ProbeContext
+from monitor.steps import Reason, Stage
 
 __all__ = ["probe"]
 
@@ -61,13 +62,13 @@ async def probe(ctx: ProbeContext, config: Config, settings: SelfcheckSettings) 
             _, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             _raise_if_local(exc, "connect")
-            reason = "refused" if isinstance(exc, ConnectionRefusedError) else "unreachable"
-            stage = "dns" if isinstance(exc, socket.gaierror) else "connect"
+            reason: Reason = "refused" if isinstance(exc, ConnectionRefusedError) else "unreachable"
+            stage: Stage = "dns" if isinstance(exc, socket.gaierror) else "connect"
             raise ProbeError(stage, reason, f"this vantage cannot reach its reference {host}:{port}: {exc}") from exc
         writer.close()
 
 
-def _raise_if_local(exc: OSError, stage: str) -> None:
+def _raise_if_local(exc: OSError, stage: Stage) -> None:
     """A failure for lack of local resources is named as such, not as a missing route or endpoint."""
     if exc.errno in LOCAL_RESOURCE_ERRNOS:
         raise ProbeError(stage, "local_resources", f"this vantage ran out of local resources: {exc}") from exc

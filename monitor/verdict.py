@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from monitor import steps
+from monitor.families import family_name
 from monitor.result import Result
 
 __all__ = ["VERDICTS", "Outcome", "VerdictBoard", "classify_result", "decide", "describe", "side_of"]
@@ -34,9 +36,6 @@ VERDICTS = (
     "signin_failed",
 )
 
-# Steps of a round trip that belong to the submission (the SMTP dialogue) rather than to the read-back.
-_SUBMISSION_STAGES = frozenset({"dns", "connect", "tls", "greeting", "ehlo", "auth", "mail_from", "rcpt",
-                                "data", "quit"})
 # A check slower than this share of its timeout makes the target `degraded`.
 SLOW_SHARE = 0.5
 
@@ -52,14 +51,9 @@ class Outcome:
 
 
 def side_of(result: Result) -> str:
-    """send (SMTP), receive (IMAP/POP3 reading) or delivery (the wait between them)."""
-    if result.check == "smtp" or result.check.startswith("smtp:"):
-        return "send"  # the smtp check and its client profiles
-    if result.check in ("imap", "pop3"):
-        return "receive"
-    if result.ok or result.stage in ("delivery", "cleanup"):
-        return "delivery"
-    return "receive" if result.stage == "fetch" else "send"
+    """send (SMTP), receive (IMAP/POP3 reading) or delivery (the wait between them), as the check kind declares
+    (monitor/steps.py); a client profile `smtp:<name>` is of kind `smtp`."""
+    return steps.kind(result.check.partition(":")[0]).side_of(None if result.ok else result.stage)
 
 
 def classify_result(result: Result, timeout: float | None = None) -> Outcome:
@@ -76,11 +70,18 @@ def classify_result(result: Result, timeout: float | None = None) -> Outcome:
         # Checked first: a token endpoint that times out or refuses is the identity provider's fault, never a
         # network or service failure of the mail server (which was not even asked).
         kind = "signin"
+    elif reason in ("mx_fallback", "mx_cname"):
+        # Mail still flows (through a backup MX, or through an alias senders may refuse): degraded, never down.
+        kind = "other"
     elif stage == "dns" and reason == "timeout":
         # The resolver did not answer: that is this vantage's infrastructure, whatever the selfcheck says yet.
         kind = "vantage"
     elif reason in ("cert_invalid", "cert_expired", "tls_handshake") or stage == "tls":
         kind = "tls"
+    elif reason in ("mailbox_busy", "login_delay"):
+        # Another client holds the mailbox, or the server's LOGIN-DELAY refused a login too soon: the server works
+        # and the credentials are good (checked before `auth`, where POP3 reports these).
+        kind = "other"
     elif reason in ("auth_rejected", "auth_disabled") or stage == "auth":
         # Any failure while logging in, a timeout included, is about the login: servers delay failed logins
         # (3-5 s is common, Dovecot's penalty reaches 15 s), so a wrong password can end as `auth/timeout`.
@@ -197,6 +198,8 @@ def _name(result: Result) -> str:
         text += f" (client profile {result.check.split(':', 1)[1]})"
     if result.via:
         text += f" via {result.via.upper()}"
+    if result.ip_family:
+        text += f" over {family_name(result.ip_family)}"
     return text
 
 
@@ -205,6 +208,9 @@ def _failure(result: Result) -> str:
     if result.stage == "auth" and result.reason == "timeout":
         text += (f": login did not complete in {result.duration_seconds:.1f} s — the server may be delaying "
                  "failed logins")
+    elif result.reason == "auth_disabled":
+        # Not a wrong password: the provider switched password logins off (Microsoft 5.7.139, Google 5.7.9).
+        text += ": the server refuses password logins by policy — switch this target to oauth2"
     return text
 
 

@@ -16,6 +16,7 @@ import pytest
 from monitor.config import DEFAULT_PORTS, Auth, CheckSettings, Secret, Target, TlsSettings
 from monitor.result import Result
 from monitor.runner import Runner
+from tests import builders
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIL_LAB = ROOT / "scripts" / "mail-lab"
@@ -92,6 +93,14 @@ def _warm_uvloop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the mail lab, directly or through another fixture, is marked `lab`: `-m "not lab"`
+    (scripts/test --unit) then leaves out exactly the tests that need it, whether or not their file says so."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
+
+
 @pytest.fixture(scope="session")
 def lab() -> Lab:
     """The running mail lab; fails (never skips) when it is not running: CI starts it, so must you."""
@@ -149,9 +158,8 @@ def refused_ports() -> Iterator[Callable[[], int]]:
 
 def local_target(check: str, port: int, tls_mode: str = "none", timeout: float = 2.0) -> Target:
     """A target aimed at a local fake on 127.0.0.1."""
-    settings = CheckSettings(name=check, port=port, tls_mode=tls_mode, interval=60.0, timeout=timeout)
-    return Target(name="fake", host="127.0.0.1", tls=TlsSettings(), auth=Auth("u@example.test", Secret("pw-fake")),
-                  checks=(settings,))
+    return builders.target("fake", builders.check(check, port=port, tls_mode=tls_mode, timeout=timeout),
+                           host="127.0.0.1", auth=Auth("u@example.test", Secret("pw-fake")))
 
 
 @pytest.fixture

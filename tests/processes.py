@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -39,6 +43,34 @@ def wait_for(predicate: Callable[[], Any], what: str, limit: float = 30.0, every
             last = exc
         time.sleep(every)
     raise AssertionError(f"timed out after {limit:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_listening(host: str, port: int, what: str, limit: float = 20.0,
+                   process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    """Wait until something accepts TCP connections on host:port; fail at once if `process` exits (with the tail
+    of its `log`), or after `limit` seconds."""
+    until = time.monotonic() + limit
+    while time.monotonic() < until:
+        if process is not None and process.poll() is not None:
+            said = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise AssertionError(f"{what} exited ({process.returncode}): {said}")
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} does not listen on {host}:{port}")
+
+
+def end_session(process: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon started in a session of its own (`start_new_session=True`) with all its children: SIGTERM to
+    the group, SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):  # it may have exited already
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def terminate(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:

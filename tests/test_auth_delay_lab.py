@@ -7,13 +7,9 @@ directory, started and stopped by this module (the lab's Dovecot keeps no delay 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +19,7 @@ import pytest
 from monitor.result import Result
 from monitor.verdict import VerdictBoard, describe
 from tests.conftest import Lab, run_once
+from tests.processes import end_session, wait_listening
 
 pytestmark = pytest.mark.lab
 
@@ -58,15 +55,6 @@ def _delaying_config(lab_config: str, run: Path) -> str:
     return text
 
 
-def _wait_listening(port: int, host: str, until: float) -> None:
-    while time.monotonic() < until:
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"the delaying Dovecot does not listen on {host}:{port}")
-
-
 @pytest.fixture(scope="module")
 def delaying_dovecot(lab: Lab) -> Iterator[None]:
     run = Path(tempfile.mkdtemp(prefix="mailmon-auth-delay-"))
@@ -79,16 +67,11 @@ def delaying_dovecot(lab: Lab) -> Iterator[None]:
     proc = subprocess.Popen(["dovecot", "-F", "-c", str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_listening(IMAPS_PORT, lab.host, time.monotonic() + 20)
-        _wait_listening(POP3S_PORT, lab.host, time.monotonic() + 5)
+        wait_listening(lab.host, IMAPS_PORT, "the delaying Dovecot", limit=20)
+        wait_listening(lab.host, POP3S_PORT, "the delaying Dovecot", limit=5)
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_session(proc)
         subprocess.run(["rm", "-rf", str(run)], check=False)
 
 

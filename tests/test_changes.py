@@ -18,8 +18,8 @@ NEW_YORK = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def _utc(*parts: int) -> float:
-    return dt.datetime(*parts, tzinfo=dt.UTC).timestamp()
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp()
 
 
 def patch_tuesday(local_zone: dt.tzinfo = NEW_YORK) -> ChangeCalendars:

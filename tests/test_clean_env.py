@@ -21,6 +21,8 @@ TOOL_TESTS = ["tests/test_dockerfile.py::test_dockerfile_passes_hadolint",
               "tests/test_rules.py::test_promtool_check_rules"]
 
 
+@pytest.mark.prometheus  # and slow: a pytest of its own, running promtool and hadolint
+@pytest.mark.slow
 def test_tool_tests_pass_with_a_minimal_path() -> None:
     """pytest started with only HOME and the system directories on PATH (no .venv/bin) still finds every tool."""
     env = {"HOME": os.environ.get("HOME", "/root"), "PATH": ":".join(SYSTEM_DIRS)}

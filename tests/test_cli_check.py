@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import builders
 from tests.conftest import Lab, mailmon_command
 
 pytestmark = pytest.mark.lab
@@ -18,16 +19,9 @@ JSON_FIELDS = {"target", "check", "ok", "stage", "reason", "phases", "duration_s
 
 
 def _config(tmp_path: Path, lab: Lab, password: str, extra: str = "") -> Path:
-    secret = tmp_path / "password"
-    secret.write_text(password)
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""
-vantage: cli-test
-targets:
-{lab.target_yaml("lab", f"password_file: {secret}", "smtp: {port: 587, tls: starttls, timeout: 5s}",
-                 "imap: {port: 993, tls: implicit, timeout: 5s}", "pop3: {port: 995, tls: implicit, timeout: 5s}")}\
-{extra}""")
-    return path
+    return builders.lab_config(tmp_path, lab, "\nvantage: cli-test\n", "smtp: {port: 587, tls: starttls, timeout: 5s}",
+                               "imap: {port: 993, tls: implicit, timeout: 5s}",
+                               "pop3: {port: 995, tls: implicit, timeout: 5s}", password=password, tail=extra)
 
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:

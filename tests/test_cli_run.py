@@ -8,14 +8,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from tests import builders
 from tests.conftest import free_port, mailmon_command
 
 
 def _config(tmp: Path, extra: str = "") -> Path:
-    path = tmp / "config.yaml"
-    path.write_text(f"vantage: v\n{extra}targets:\n  - name: t\n    host: 127.0.0.1\n"
-                    f"    smtp: {{port: {free_port()}, tls: none}}\n")
-    return path
+    return builders.config_file(tmp, f"vantage: v\n{extra}targets:\n  - name: t\n    host: 127.0.0.1\n"
+                                     f"    smtp: {{port: {free_port()}, tls: none}}\n")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

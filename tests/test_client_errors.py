@@ -7,7 +7,7 @@ import pytest
 from monitor.client_errors import SESSION, ClientError, lookup, table
 from monitor.config import CheckSettings
 from monitor.metrics import possible_failures
-from monitor.result import PHASE_STAGE
+from monitor.steps import STEP_STAGE
 
 # The checks mailmon runs for each protocol, in their fullest form (TLS, AUTH, a test transaction).
 _CHECKS = {
@@ -21,7 +21,7 @@ _ROUNDTRIP_STAGES = {"data"}  # DATA is sent by the round trip's submission, not
 
 def _stages(protocol: str) -> set[str]:
     stages = {stage for stage, _ in possible_failures(_CHECKS[protocol])}
-    stages |= {PHASE_STAGE.get(step, step) for step in ("dns", "connect")}
+    stages |= {STEP_STAGE["dns"], STEP_STAGE["connect"]}
     return stages | (_ROUNDTRIP_STAGES if protocol == "smtp" else set())
 
 

@@ -78,7 +78,7 @@ INVALID = [
      ["{file}: the file is empty"]),
     ("invalid-yaml-top-level-list.yml",
      ["{file}:1: the top level must be a mapping with keys vantage, listen, defaults, concurrency, probe_key, "
-      "selfcheck, history, metrics, targets, changes"]),
+      "selfcheck, history, metrics, targets, changes, modules, targets_from"]),
     ("invalid-metrics-failure-series.yml",
      ["{file}:3: metrics.failure_series: must be one of all, on_failure, got 'lazy'"]),
     ("invalid-oauth2-two-grants.yml",
@@ -116,7 +116,7 @@ INVALID = [
       "{file}:10: targets[0].smtp.tls: must be one of starttls, implicit, none, got 'ssl'",
       "{file}:11: targets[1]: host is required",
       "{file}:12: targets[1].hots: unknown key (allowed here: name, host, tls, auth, interval, timeout, {checks}, "
-      "smtp_profiles)",
+      "smtp_profiles, ip_family)",
       "{file}:13: targets[1].pop3: pop3 needs credentials: add an auth block to the target",
       "{file}:14: targets[2]: no checks: add at least one of {checks}",
       "{file}:14: targets[2].name: duplicate target name 'mx1' (first at targets[0])"]),
@@ -165,6 +165,7 @@ def test_load_reports_exact_problems(name: str, lines: list[str]) -> None:
     assert caught.value.problems == expected(name, lines)
 
 
+@pytest.mark.slow  # a `mailmon` process per run
 @pytest.mark.parametrize(("name", "lines"), INVALID, ids=[name for name, _ in INVALID])
 def test_validate_command_reports_exact_problems(name: str, lines: list[str]) -> None:
     """`mailmon validate` exits 2 and prints every problem line on stderr, with no traceback."""
@@ -188,6 +189,7 @@ def test_all_problems_are_reported_at_once() -> None:
     assert line_numbers == [2, 4, 9, 10, 11, 12, 13, 14, 14]
 
 
+@pytest.mark.slow  # a `mailmon` process per run
 def test_unreadable_config_file_is_a_config_error() -> None:
     """A config path that does not exist gives one plain problem, and the CLI exits 2 without a traceback."""
     with pytest.raises(ConfigError) as caught:
@@ -215,6 +217,7 @@ def test_control_character_is_reported_with_its_line() -> None:
     assert caught.value.problems == ["c.yml:2: not valid YAML: character #x0000: special characters are not allowed"]
 
 
+@pytest.mark.slow
 def test_deeply_nested_yaml_is_a_config_error() -> None:
     """Pathological nesting is reported as a problem, not a RecursionError."""
     with pytest.raises(ConfigError) as caught:
@@ -228,7 +231,7 @@ def test_only_unknown_top_level_keys_still_reports_what_is_missing() -> None:
         load_text("vantge: test\n", "c.yml")
     assert caught.value.problems == [
         "c.yml:1: vantge: unknown key (allowed here: vantage, listen, defaults, concurrency, probe_key, selfcheck, "
-        "history, metrics, targets, changes)",
+        "history, metrics, targets, changes, modules, targets_from)",
         "c.yml:1: vantage: is required (it labels every series of this monitor)",
         "c.yml:1: targets: is required: list at least one target",
     ]
@@ -408,6 +411,7 @@ def test_smtp_auth_can_be_turned_off_per_check() -> None:
     assert check_of(load_text(text, "c.yml", environ={"P": "x"}), "a", "smtp").use_auth is False
 
 
+@pytest.mark.slow
 def test_five_thousand_targets_load() -> None:
     """A generated config with 5,000 targets loads completely."""
     text = "vantage: big\ntargets:\n" + "".join(
@@ -418,6 +422,7 @@ def test_five_thousand_targets_load() -> None:
     assert config.targets[-1].checks[0].port == 25
 
 
+@pytest.mark.slow  # a `mailmon` process per run
 def test_validate_command_accepts_a_good_config() -> None:
     """`mailmon validate` on a valid config exits 0 and summarises it on stdout."""
     done = run_cli("validate", "--config", str(CONFIGS / "valid-full.yml"), env=PASSWORD_ENV)
@@ -426,6 +431,7 @@ def test_validate_command_accepts_a_good_config() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # a `mailmon` process per run
 def test_validate_warns_about_a_login_timeout_too_short_for_delayed_failures() -> None:
     """`validate` warns (exit 0) about a check that logs in with a timeout below common failed-login delays."""
     done = run_cli("validate", "--config", str(CONFIGS / "valid-full.yml"), env=PASSWORD_ENV)
@@ -437,6 +443,7 @@ def test_validate_warns_about_a_login_timeout_too_short_for_delayed_failures() -
         "auth/timeout; 10s covers common delays, 20s Dovecot's maximum"]
 
 
+@pytest.mark.slow  # a `mailmon` process per run
 def test_no_login_timeout_warning_for_a_check_without_login(tmp_path: Path) -> None:
     """A short timeout on a check that does not log in (an MX on port 25) is not warned about."""
     path = tmp_path / "mx.yml"

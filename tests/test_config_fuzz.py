@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import Config, ConfigError, load_text
 from tests.conftest import mailmon_command
+
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples, some through `mailmon validate`
 
 VALID = """vantage: office
 listen: 127.0.0.1:9917

@@ -43,7 +43,8 @@ VANTAGE_AND_TARGET = ("check_success", "check_duration_seconds", "check_phase_du
                       "tls_cert_expiry_timestamp_seconds", "roundtrip_seconds_bucket", "roundtrip_seconds_count",
                       "roundtrip_seconds_sum", "roundtrip_late_total", "roundtrip_swept_total", "verdict")
 VANTAGE_ONLY = ("selfcheck_success", "selfcheck_failures_total", "selfcheck_last_attempt_timestamp_seconds",
-                "scheduler_lag_seconds_bucket", "scheduler_lag_seconds_count", "scheduler_lag_seconds_sum")
+                "scheduler_lag_seconds_bucket", "scheduler_lag_seconds_count", "scheduler_lag_seconds_sum",
+                "oauth2_token_expiry_timestamp_seconds", "oauth2_token_requests_total")
 NO_LABELS = ("build_info", "config_last_reload_successful", "config_last_reload_success_timestamp_seconds")
 
 # What Grafana puts in for its built-in variables, for a dashboard open over the last few minutes.
@@ -143,7 +144,7 @@ def value_mappings(mappings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def recorded_series() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for path in sorted(RULES_DIR.glob("*.yml")):
         for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
             names.update(rule["record"] for rule in group.get("rules", []) if "record" in rule)
@@ -334,7 +335,9 @@ class Stack:
         return result
 
 
-def _monitor_config(lab: Lab) -> str:
+def _monitor_config(lab: Lab, token_file: Path) -> str:
+    """The stack's monitor: the lab with round trips, a target with a wrong password, and one whose OAuth2 token
+    file does not exist (it fails at stage token: the sign-in panels and the signin_failing rule have data)."""
     return f"""
 vantage: ci
 defaults: {{interval: 2s, timeout: 2s}}
@@ -348,7 +351,8 @@ targets:
 {lab.target_yaml("lab", f"password_file: {lab.env['LAB_PASSWORD_FILE']}", "smtp: {port: 587, tls: starttls}",
                  "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}",
                  "roundtrip: {via: [imap, pop3]}")}\
-{lab.target_yaml("lab-wrong-password", "password_env: MAILMON_WRONG_PASSWORD", "smtp: {port: 465, tls: implicit}")}"""
+{lab.target_yaml("lab-wrong-password", "password_env: MAILMON_WRONG_PASSWORD", "smtp: {port: 465, tls: implicit}")}\
+{lab.target_yaml("lab-signin", f"oauth2: {{token_file: {token_file}}}", "smtp: {port: 465, tls: implicit}")}"""
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +363,7 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     promtool = tool("promtool", package="the Debian package prometheus")
     tmp = tmp_path_factory.mktemp("dashboard")
     config = tmp / "mailmon.yaml"
-    config.write_text(_monitor_config(lab))
+    config.write_text(_monitor_config(lab, tmp / "no-such-token"))
     monitor = Monitor(config, tmp / "mailmon.log", env={"MAILMON_WRONG_PASSWORD": "Wr0ng-Dashboard-Secret"})
     rule_files = sorted(RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else []
     rules_problem = None if rule_files else f"no rule files: {RULES_DIR}/*.yml does not exist"
@@ -371,7 +375,7 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             rule_files = []
     prometheus, base = start_prometheus(tmp, [monitor.listen], rule_files, None)
     try:
-        found = Stack(base, "ci", ("lab", "lab-wrong-password"), rules_problem)
+        found = Stack(base, "ci", ("lab", "lab-wrong-password", "lab-signin"), rules_problem)
 
         def ready() -> bool:
             roundtrips = {s["metric"]["via"] for s in found.query("mailmon_roundtrip_seconds_count > 1")}
@@ -493,3 +497,19 @@ def test_change_window_annotation_returns_the_open_window(stack: Stack) -> None:
     expr = substitute(annotation["expr"], {**fixed_variables(load_dashboard()), "vantage": "ci"})
     found = _query_with_retry(stack, expr, "the change-window annotation")
     assert [(s["metric"]["calendar"], s["metric"]["change"]) for s in found] == [("client-updates", "Patch Tuesday")]
+
+
+@pytest.mark.lab
+@pytest.mark.prometheus
+def test_a_target_failing_only_at_sign_in_raises_no_mail_alert(stack: Stack) -> None:
+    """End to end with the shipped rules: lab-signin fails only at stage token (its token file is missing), so it is
+    `signin_failing`, has no failure scope, and only MailmonSignInFailure is pending for it — while lab-wrong-password
+    (rejected at AUTH by the server) does get an outage pending, as before."""
+    signin = 'vantage_target_check_via:mailmon_check_success:signin_failing{target="lab-signin"}'
+    assert _query_with_retry(stack, signin, "signin_failing")
+    assert _query_with_retry(stack, 'ALERTS{alertname="MailmonSignInFailure", target="lab-signin"}', "sign-in alert")
+    assert _query_with_retry(stack, 'ALERTS{alertname="MailmonSMTPServerOutage", target="lab-wrong-password"}',
+                             "the contrast: a server rejection")
+    assert stack.query('target_check_via:mailmon_check_success:failure_scope{target="lab-signin"}') == []
+    mail = stack.query('ALERTS{target="lab-signin", alertname!="MailmonSignInFailure"}')
+    assert mail == [], [series["metric"] for series in mail]

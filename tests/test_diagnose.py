@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import builders
 from tests.conftest import Lab, mailmon_command
 from tests.processes import Monitor, wait_for
 
@@ -15,17 +16,10 @@ pytestmark = pytest.mark.lab
 
 
 def _config(tmp: Path, lab: Lab, name: str, smtp_port: int = 587, listen: str = "127.0.0.1:9") -> Path:
-    secret = tmp / "password"
-    secret.write_text(lab.password)
-    path = tmp / f"{name}.yaml"
-    path.write_text(f"""
-vantage: {name}
-listen: {listen}
-defaults: {{interval: 2s, timeout: 2s}}
-targets:
-{lab.target_yaml("lab", f"password_file: {secret}", f"smtp: {{port: {smtp_port}, tls: starttls}}",
-                 "imap: {port: 993, tls: implicit}")}""")
-    return path
+    head = f"\nvantage: {name}\nlisten: {listen}\ndefaults: {{interval: 2s, timeout: 2s}}\n"
+    return builders.lab_config(tmp, lab, head,
+                               f"smtp: {{port: {smtp_port}, tls: starttls}}", "imap: {port: 993, tls: implicit}",
+                               name=f"{name}.yaml")
 
 
 @pytest.fixture

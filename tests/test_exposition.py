@@ -7,10 +7,11 @@ import zlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import Target
 from monitor.exposition import Exposition, crc32_combine, format_value
 from monitor.metrics import ROUNDTRIP_BUCKETS, Metrics
 from monitor.result import Result, TlsFacts
+from tests import builders
 
 # Every character the text format must escape in a label value.
 AWKWARD = 'mx "one"\\two\nthree'
@@ -18,17 +19,14 @@ VANTAGE = 'site "a"'
 
 
 def target(name: str = AWKWARD) -> Target:
-    checks = (CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=15.0, use_auth=True),
-              CheckSettings(name="roundtrip", port=587, tls_mode="starttls", interval=60.0, timeout=30.0, via="imap",
-                            recipient="probe@lab.test"))
-    return Target(name=name, host="mail.example.test", tls=TlsSettings(), auth=Auth("u", Secret("p")), checks=checks)
+    return builders.target(name, "smtp", builders.check("roundtrip", timeout=30.0, via="imap",
+                                                        recipient="probe@lab.test"))
 
 
 def result(check: str = "smtp", ok: bool = True, via: str | None = None, **phases: float) -> Result:
-    return Result(target=AWKWARD, check=check, vantage=VANTAGE, via=via, ok=ok, started_at=1_700_000_000.5,
-                  duration_seconds=0.123456789, phases=phases or {"dns": 0.0001, "connect": 0.00025},
-                  stage=None if ok else "auth", reason=None if ok else "auth_rejected", smtp_code=235,
-                  tls=TlsFacts(cert_not_after=1_800_000_000.0))
+    return builders.result(AWKWARD, check, vantage=VANTAGE, via=via, ok=ok, started_at=1_700_000_000.5,
+                           duration=0.123456789, phases=phases or {"dns": 0.0001, "connect": 0.00025}, stage="auth",
+                           reason="auth_rejected", smtp_code=235, tls=TlsFacts(cert_not_after=1_800_000_000.0))
 
 
 def lines(text: bytes) -> set[bytes]:
@@ -138,7 +136,7 @@ def test_values_format_as_prometheus_client_does() -> None:
     from prometheus_client.utils import floatToGoString
 
     for value in (0.0, 1.0, 999.0, 1000.0, 0.25, 1e-7, 1_700_000_000.5, 1.8e9, float("inf"), -2.0):
-        assert format_value(value) == floatToGoString(value)
+        assert format_value(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
 
 
 def test_parts_taken_before_a_result_join_to_the_scrape_of_that_moment() -> None:

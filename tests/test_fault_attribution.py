@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import builders
 from tests.conftest import ROOT, Lab
 from tests.processes import Monitor, WebhookSink, http_get, query, start_alertmanager, start_prometheus, wait_for
 
@@ -26,20 +27,12 @@ REACT = INTERVAL + 5.0
 
 def _config(tmp: Path, lab: Lab, vantage: str, host: str = "127.0.0.2", smtp_port: int = 587,
             roundtrip: bool = True) -> Path:
-    secret = tmp / f"{vantage}.password"
-    secret.write_text(lab.password)
     key = tmp / "probe.key"
     key.write_text("fault-attribution-test-key-0123")
-    path = tmp / f"{vantage}.yaml"
     trip = "    roundtrip: {via: [imap], timeout: 3s}\n" if roundtrip else ""
-    path.write_text(f"""
-vantage: {vantage}
-defaults: {{interval: {INTERVAL:g}s, timeout: 3s}}
-probe_key: {{file: {key}}}
-targets:
-{lab.target_yaml("lab", f"password_file: {secret}", f"smtp: {{port: {smtp_port}, tls: starttls}}",
-                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}", host=host)}{trip}""")
-    return path
+    head = f"\nvantage: {vantage}\ndefaults: {{interval: {INTERVAL:g}s, timeout: 3s}}\nprobe_key: {{file: {key}}}\n"
+    return builders.lab_config(tmp, lab, head, f"smtp: {{port: {smtp_port}, tls: starttls}}", *builders.LAB_CHECKS[1:],
+                               host=host, tail=trip, name=f"{vantage}.yaml")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 from monitor.errors import MailmonError
 from monitor.history import SCHEMA_VERSION, History, HistoryError, latest, query, redact, redact_lines, row_from_result
 from monitor.result import Result, TlsFacts
+from tests import builders
 
 WRITER = Path(__file__).resolve().parent / "history_writer.py"
 DAY = 86400.0
@@ -33,10 +34,9 @@ BASE = float(int(time.time()) - DAY)
 def make_result(seq: int = 0, *, target: str = "lab", check: str = "smtp", ok: bool = True,
                 started_at: float | None = None, via: str | None = None,
                 transcript: list[str] | None = None) -> Result:
-    return Result(
-        target=target, check=check, vantage="test", ok=ok,
-        started_at=time.time() if started_at is None else started_at, duration_seconds=0.125,
-        phases={"dns": 0.001, "connect": 0.002}, stage=None if ok else "rcpt", reason=None if ok else "reply_5xx",
+    return builders.result(
+        target, check, ok=ok, started_at=time.time() if started_at is None else started_at, duration=0.125,
+        phases={"dns": 0.001, "connect": 0.002}, stage="rcpt", reason="reply_5xx",
         detail=f"seq {seq}", transcript=transcript if transcript is not None else [f"C: NOOP {seq}"], via=via,
     )
 
@@ -334,6 +334,7 @@ def _run_and_kill(db: Path, tag: str, rng: random.Random, log: Path, *extra: str
     return last_id, total
 
 
+@pytest.mark.slow
 def test_kill_9_during_heavy_writing_loses_no_committed_row(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     seed = random.SystemRandom().randrange(2**32)
@@ -357,6 +358,7 @@ def test_kill_9_during_heavy_writing_loses_no_committed_row(tmp_path: Path) -> N
     assert len(query(str(db), limit=5)) == 5  # and the file still opens as a history
 
 
+@pytest.mark.slow
 def test_kill_9_during_size_retention_leaves_a_sound_file(tmp_path: Path) -> None:
     """With a 1 MB limit the writer deletes, checkpoints and vacuums constantly: kill it in the middle of that."""
     db = tmp_path / "history.db"
@@ -374,6 +376,7 @@ def test_kill_9_during_size_retention_leaves_a_sound_file(tmp_path: Path) -> Non
 
 # ------------------------------------------------------------------------------------------------ retention
 
+@pytest.mark.slow
 def test_size_retention_keeps_the_file_under_the_limit_and_the_newest_rows(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     limit = 1_000_000
@@ -435,6 +438,7 @@ def test_age_retention_deletes_old_rows_only(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ back-pressure
 
+@pytest.mark.slow
 def test_submit_never_blocks_while_the_writer_is_stalled(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     history = History.open(str(db), queue_size=1000)

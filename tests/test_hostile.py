@@ -47,6 +47,8 @@ from tests.fakes import (
     seq,
 )
 
+pytestmark = pytest.mark.slow  # peers that drip or never answer: each case waits out a deadline
+
 MB = 1024 * 1024
 # Failures the server makes obvious are run with this deadline and must end before FAST.
 SLOW_TIMEOUT = 5.0
@@ -148,6 +150,10 @@ def imap(**acts: object) -> Callable[[TlsMaterial], Behaviour]:
 
 def imap_tls(cert: str, **acts: object) -> Callable[[TlsMaterial], Behaviour]:
     return lambda tls: ImapScript(tls=tls.server_context(cert), **acts)  # type: ignore[arg-type]
+
+
+# RFC 2449 CAPA of a server that cannot do STLS.
+POP3_CAPA_NO_STLS = b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nRESP-CODES\r\n.\r\n"
 
 
 def pop3(**acts: object) -> Callable[[TlsMaterial], Behaviour]:
@@ -259,8 +265,21 @@ CASES: list[Case] = [
     Case("pop3-err-at-greeting", "pop3", pop3(greeting=b"-ERR go away\r\n"), ("greeting", "reply_5xx")),
     Case("pop3-pass-err", "pop3", pop3(password=b"-ERR [AUTH] Authentication failed.\r\n"),
          ("auth", "auth_rejected")),
-    Case("pop3-stls-err", "pop3", pop3_tls("good", stls=b"-ERR TLS not available\r\n"), ("tls", "reply_5xx"),
+    # A refused STLS reads like a refused STARTTLS in SMTP and IMAP (issue 11 item 5).
+    Case("pop3-stls-err", "pop3", pop3_tls("good", stls=b"-ERR TLS not available\r\n"), ("tls", "protocol"),
          tls_mode="starttls"),
+    # RFC 2595 4: CAPA without STLS: the server cannot do it, so it is not asked (its STLS here would succeed).
+    Case("pop3-capa-without-stls", "pop3", pop3_tls("good", extra={b"CAPA": POP3_CAPA_NO_STLS}), ("tls", "protocol"),
+         tls_mode="starttls"),
+    # RFC 2449 8 / RFC 3206 response codes at login: a locked mailbox and a login too soon are not wrong passwords,
+    # SYS/TEMP and SYS/PERM are the server's trouble.
+    Case("pop3-pass-in-use", "pop3", pop3(password=b"-ERR [IN-USE] Mailbox locked by another client\r\n"),
+         ("auth", "mailbox_busy")),
+    Case("pop3-pass-login-delay", "pop3", pop3(password=b"-ERR [LOGIN-DELAY] Logins must be 1 minute apart\r\n"),
+         ("auth", "login_delay")),
+    Case("pop3-pass-sys-temp", "pop3", pop3(password=b"-ERR [SYS/TEMP] Try again later\r\n"), ("auth", "reply_4xx")),
+    Case("pop3-pass-sys-perm", "pop3", pop3(password=b"-ERR [SYS/PERM] Mailbox corrupt\r\n"), ("auth", "reply_5xx")),
+    Case("pop3-greeting-sys-temp", "pop3", pop3(greeting=b"-ERR [SYS/TEMP] Overloaded\r\n"), ("greeting", "reply_4xx")),
 
     # TLS: the handshake or the certificate, always the tls stage.
     Case("smtp-starttls-220-then-noise", "smtp", smtp_tls("good", starttls=starttls_noise(b"220 go ahead\r\n")),

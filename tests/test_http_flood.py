@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import builders
 from tests.conftest import Lab, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
 from tests.tools import tool
@@ -31,17 +32,11 @@ HALF_REQUEST = b"GET /metrics HTTP/1.1\r\n"  # never the blank line that ends th
 
 
 def _config(tmp: Path, lab: Lab) -> Path:
-    secret = tmp / "lab.password"
-    secret.write_text(lab.password)
-    path = tmp / "flood.yaml"
-    path.write_text(f"""
+    return builders.lab_config(tmp, lab, f"""
 vantage: flood
 defaults: {{interval: 2s, timeout: 2s}}
 history: {{path: {tmp / "history.sqlite"}}}
-targets:
-{lab.target_yaml("lab", f"password_file: {secret}", "smtp: {port: 587, tls: starttls}",
-                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}")}""")
-    return path
+""", name="flood.yaml")
 
 
 def _descriptors(pid: int) -> int:

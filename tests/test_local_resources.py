@@ -19,6 +19,7 @@ from monitor import net, selfcheck
 from monitor.config import SelfcheckSettings, load_text
 from monitor.errors import LOCAL_RESOURCE_ERRNOS, ProbeError, classify
 from monitor.result import ProbeContext
+from monitor.steps import Stage
 from monitor.verdict import VerdictBoard
 from tests.conftest import Lab, run_once
 
@@ -70,8 +71,8 @@ async def test_local_errno_at_connect_gives_vantage_fault(lab: Lab, connect_fail
 
 
 @pytest.mark.parametrize("code", LOCAL_ERRNOS, ids=errno.errorcode.get)
-@pytest.mark.parametrize("stage", ["connect", "data", "fetch", "login"])
-def test_local_errno_is_local_resources_at_any_stage(code: int, stage: str) -> None:
+@pytest.mark.parametrize("stage", ["connect", "data", "fetch", "auth"])
+def test_local_errno_is_local_resources_at_any_stage(code: int, stage: Stage) -> None:
     """A local errno names local_resources whichever step raised it."""
     assert classify(OSError(code, os.strerror(code)), stage) == (stage, "local_resources")
 

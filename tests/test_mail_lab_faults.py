@@ -28,7 +28,7 @@ from tests.conftest import MAIL_LAB, Lab
 
 pytestmark = pytest.mark.lab
 
-FAULTS = ("smtp", "imap", "pop3", "hold", "auth", "cert-expired")
+FAULTS = ("smtp", "imap", "pop3", "hold", "auth", "cert-expired", "quota-late", "ipv6", "dkim-key")
 SMTP_PORTS = (25, 587, 465)
 IMAP_PORTS = (143, 993)
 POP3_PORTS = (110, 995)
@@ -235,6 +235,28 @@ def test_unknown_fault_or_state_is_a_usage_error(lab: Lab) -> None:
         done = mail_lab(*args, check=False)
         assert done.returncode == 2, (args, done)
     assert fault_status() == dict.fromkeys(FAULTS, "off")
+
+
+def _open_on(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
+def test_ipv6_fault_closes_only_the_ipv6_listeners(lab: Lab) -> None:
+    """ipv6: every port refuses on ::1 and still answers on 127.0.0.2; off opens ::1 again."""
+    if lab.env.get("LAB_IPV6") != "1":
+        pytest.skip("this machine's loopback has no ::1: the lab is IPv4-only")
+    ports = SMTP_PORTS + IMAP_PORTS + POP3_PORTS
+    assert all(_open_on(lab.env["LAB_HOST6"], port) for port in ports)
+    with fault_on("ipv6"):
+        assert fault_status()["ipv6"] == "on"
+        assert not any(_open_on(lab.env["LAB_HOST6"], port) for port in ports)
+        assert all(_open_on(lab.host, port) for port in ports)
+    assert all(_open_on(lab.env["LAB_HOST6"], port) for port in ports)
+    assert_lab_normal(lab)
 
 
 def test_smtp_fault_closes_only_smtp(lab: Lab) -> None:

@@ -7,20 +7,18 @@ import itertools
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import CheckSettings, Target
 from monitor.errors import REASONS, STAGES
 from monitor.metrics import Metrics, expected_phases, possible_failures
 from monitor.result import Result, TlsFacts
+from monitor.steps import Reason, Stage
+from tests import builders
 
 VANTAGE = "test"
 
 
 def make_target(name: str = "mx1") -> Target:
-    checks = (
-        CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=15.0, use_auth=True),
-        CheckSettings(name="imap", port=993, tls_mode="implicit", interval=60.0, timeout=15.0),
-    )
-    return Target(name=name, host="mail.example.test", tls=TlsSettings(), auth=Auth("u", Secret("p")), checks=checks)
+    return builders.target(name, "smtp", "imap")
 
 
 def labels(target: str = "mx1", check: str = "smtp", **extra: str) -> dict[str, str]:
@@ -43,15 +41,14 @@ def metrics(registry: CollectorRegistry) -> Metrics:
 
 def ok_result(check: str = "smtp") -> Result:
     phases = {phase: 0.01 * (i + 1) for i, phase in enumerate(expected_phases(make_target().checks[0]))}
-    return Result(target="mx1", check=check, vantage=VANTAGE, ok=True, started_at=1_700_000_000.0,
-                  duration_seconds=0.5, phases=phases, smtp_code=221, smtp_reply="221 bye",
-                  tls=TlsFacts(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", cert_not_after=1_800_000_000.0))
+    tls = TlsFacts(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", cert_not_after=1_800_000_000.0)
+    return builders.result("mx1", check, vantage=VANTAGE, duration=0.5, phases=phases, smtp_code=221,
+                           smtp_reply="221 bye", tls=tls)
 
 
-def failed_result(stage: str = "connect", reason: str = "refused") -> Result:
-    return Result(target="mx1", check="smtp", vantage=VANTAGE, ok=False, started_at=1_700_000_100.0,
-                  duration_seconds=0.02, phases={"dns": 0.001, "connect": 0.002}, stage=stage, reason=reason,
-                  detail="ConnectionRefusedError")
+def failed_result(stage: Stage = "connect", reason: Reason = "refused") -> Result:
+    return builders.result("mx1", "smtp", vantage=VANTAGE, stage=stage, reason=reason, started_at=1_700_000_100.0,
+                           duration=0.02, phases={"dns": 0.001, "connect": 0.002}, detail="ConnectionRefusedError")
 
 
 def failure_counts(registry: CollectorRegistry, target: str = "mx1",

@@ -9,15 +9,11 @@ own files are never changed. OpenSMTPD needs more private places (see OPENSMTPD_
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +22,7 @@ import pytest
 
 from monitor.config import CheckSettings, Target
 from tests.conftest import Lab
+from tests.processes import end_session, wait_listening
 from tests.test_roundtrip_lab import roundtrip_target, runner, via
 
 pytestmark = pytest.mark.lab
@@ -91,18 +88,6 @@ exec {run}/smtpd -d -f {run}/smtpd.conf
 """
 
 
-def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    until = time.monotonic() + 20
-    while time.monotonic() < until:
-        if proc.poll() is not None:
-            raise AssertionError(f"the MTA exited ({proc.returncode}): {log.read_text(errors='replace')[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"the MTA does not listen on {host}:{port}")
-
-
 @pytest.fixture(scope="module")
 def exim(lab: Lab) -> Iterator[Path]:
     """A running Exim on the lab host's EXIM_PORT; yields its run directory (logs in log/mainlog)."""
@@ -130,16 +115,10 @@ def _serve(lab: Lab, run: Path, port: int, command: list[str]) -> Iterator[Path]
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        _wait_listening(lab.host, port, proc, out)
+        wait_listening(lab.host, port, "the MTA", process=proc, log=out)
         yield run
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited (the wait above says why)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_session(proc)
         shutil.rmtree(run, ignore_errors=True)
 
 

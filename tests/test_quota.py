@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,10 +15,12 @@ from monitor.errors import smtp_reply_reason
 from monitor.metrics import Metrics
 from monitor.probes import probes_for
 from monitor.probes.imap import parse_quota
+from monitor.probes.roundtrip import over_quota
 from monitor.result import Result
 from monitor.runner import Runner
 from monitor.verdict import classify_result, decide
-from tests.conftest import Lab
+from tests import builders
+from tests.conftest import MAIL_LAB, Lab
 
 
 @pytest.mark.parametrize(("code", "message", "reason"), [
@@ -32,16 +35,30 @@ def test_smtp_reply_reason_names_a_full_mailbox_only(code: int, message: str, re
     assert smtp_reply_reason(code, message) == reason
 
 
+@pytest.mark.parametrize(("quota", "size", "full"), [
+    ({"MESSAGE": (3, 3)}, 100, ("MESSAGE", (3, 3))),
+    ({"MESSAGE": (2, 3)}, 100, None),
+    ({"STORAGE": (1023, 1024)}, 1024, None),
+    ({"STORAGE": (1023, 1024)}, 1025, ("STORAGE", (1023, 1024))),
+    ({}, 100, None),
+])
+def test_over_quota_leaves_room_for_exactly_one_probe(quota: dict[str, tuple[int, int]], size: int,
+                                                      full: tuple[str, tuple[int, int]] | None) -> None:
+    """A mailbox is too full for the probe when one more message (MESSAGE) or its KiB (STORAGE) would pass the limit."""
+    assert over_quota(quota, size) == full
+
+
 def test_parse_quota_reads_every_resource() -> None:
     """STORAGE and MESSAGE of a QUOTA response; unlimited (0) and malformed triples are left out."""
-    lines = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)', b"Getquotaroot completed"]
+    lines: list[bytes | bytearray | str] = [b'"User quota" (STORAGE 2 1024 MESSAGE 3 3 X-ODD 1 0)',
+                                             b"Getquotaroot completed"]
     assert parse_quota(lines) == {"STORAGE": (2, 1024), "MESSAGE": (3, 3)}
 
 
 def test_a_full_mailbox_is_never_an_smtp_outage() -> None:
     """SMTP refusing RCPT for quota while IMAP works is `degraded`, not `smtp_down`."""
-    smtp = Result("t", "smtp", "v", False, 0.0, 0.1, {}, stage="rcpt", reason="mailbox_full")
-    imap = Result("t", "imap", "v", True, 0.0, 0.1, {})
+    smtp = builders.result("t", "smtp", stage="rcpt", reason="mailbox_full")
+    imap = builders.result("t", "imap")
     assert decide([classify_result(smtp), classify_result(imap)]) == "degraded"
 
 
@@ -158,8 +175,86 @@ def test_summary_names_a_nearly_full_mailbox(lab: Lab) -> None:
     from monitor.app import _quota_note
 
     target = _config(lab, "imap: {port: 993, tls: implicit, quota_warning: 90%}").targets[0]
-    full = Result("full", "imap", "test", True, 0.0, 0.1, {}, quota={"MESSAGE": (19, 20), "STORAGE": (10, 1000)})
-    roomy = Result("full", "imap", "test", True, 0.0, 0.1, {}, quota={"MESSAGE": (2, 20)})
+    full = builders.result("full", "imap", quota={"MESSAGE": (19, 20), "STORAGE": (10, 1000)})
+    roomy = builders.result("full", "imap", quota={"MESSAGE": (2, 20)})
     assert _quota_note(target, [full]) == (" The INBOX mailbox is 95% full (MESSAGE 19 of 20): new mail may be "
                                            "refused.")
     assert _quota_note(target, [roomy]) == ""
+
+
+@pytest.fixture
+def quota_late(lab: Lab) -> Iterator[None]:
+    """Postfix without the quota policy at RCPT: a full mailbox is noticed only by Dovecot's LMTP, after `250`."""
+    def fault(state: str) -> None:
+        done = subprocess.run([str(MAIL_LAB), "fault", "quota-late", state], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    fault("on")
+    try:
+        yield
+    finally:
+        fault("off")
+
+
+@pytest.mark.lab
+async def test_lmtp_over_quota_bounce_fails_the_round_trip_as_mailbox_full(
+        lab: Lab, empty_full_mailbox: None, quota_late: None) -> None:
+    """Accepted with 250, refused by LMTP for quota (a bounce): delivery/mailbox_full with the quota, not
+    not_delivered; the Postfix log shows the LMTP refusal that the classification stands for."""
+    _deliver(lab, int(lab.env["LAB_FULL_QUOTA_MESSAGES"]))
+    config = _config(lab, "smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
+                     "roundtrip: {via: imap, timeout: 8s}")
+    result = await _run(config, "roundtrip:imap")
+    assert (result.stage, result.reason) == ("delivery", "mailbox_full"), result.detail
+    assert result.smtp_code == 250
+    assert result.quota["MESSAGE"] == (3, 3) and "MESSAGE 3 of 3" in result.detail
+    assert result.queue_id is not None
+    log = Path(lab.env["LAB_POSTFIX_LOG"]).read_text()
+    assert re.search(rf"{result.queue_id}: to=<{lab.env['LAB_FULL_USER']}>.*status=bounced .*5\.2\.2", log), \
+        "no LMTP over-quota bounce for the probe in the Postfix log"
+
+
+@pytest.mark.lab
+async def test_probe_lost_with_room_in_the_mailbox_stays_not_delivered(lab: Lab, empty_full_mailbox: None) -> None:
+    """A held probe (queue, not quota) with quota to spare is still not_delivered: the quota alone never blames."""
+    done = subprocess.run([str(MAIL_LAB), "fault", "hold", "on"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    try:
+        config = _config(lab, "smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
+                         "roundtrip: {via: imap, timeout: 6s}")
+        result = await _run(config, "roundtrip:imap")
+    finally:
+        subprocess.run([str(MAIL_LAB), "fault", "hold", "off"], capture_output=True, text=True, timeout=60)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered"), result.detail
+
+
+@pytest.mark.lab
+async def test_bounce_to_the_submitting_target_names_the_full_mailbox(lab: Lab, empty_full_mailbox: None,
+                                                                      quota_late: None) -> None:
+    """A loop (submit_via) read back over POP3, which has no quota to ask: the DSN that LMTP's refusal sent to the
+    sender's mailbox says 5.2.2, so the round trip is delivery/mailbox_full; that DSN is deleted, nothing else."""
+    _deliver(lab, int(lab.env["LAB_FULL_QUOTA_MESSAGES"]))
+    tls = f"tls: {{ca_file: {lab.ca}, server_name: {lab.server_name}}}"
+    config = load_text(f"""vantage: test
+probe_key: {{file: {lab.env["LAB_PROBE_KEY_FILE"]}}}
+targets:
+  - name: sender
+    host: {lab.host}
+    {tls}
+    auth: {{username: {lab.env["LAB_OTHER_USER"]}, password_file: {lab.env["LAB_OTHER_PASSWORD_FILE"]}}}
+    smtp: {{port: 587, tls: starttls}}
+    imap: {{port: 993, tls: implicit}}
+  - name: full
+    host: {lab.host}
+    {tls}
+    auth: {{username: {lab.env["LAB_FULL_USER"]}, password_file: {lab.env["LAB_FULL_PASSWORD_FILE"]}}}
+    pop3: {{port: 995, tls: implicit}}
+    roundtrip: {{via: pop3, submit_via: sender, timeout: 8s}}
+""", "loop.yaml")
+    before = {p.name for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir()}
+    receiver = config.targets[1]
+    result = await Runner("test", probes=probes_for(config)).execute(receiver, receiver.checks[-1])
+    assert (result.stage, result.reason) == ("delivery", "mailbox_full"), result.detail
+    assert "bounced to the sender (sender): Status 5.2.2" in result.detail
+    after = {p.name for p in Path(lab.env["LAB_OTHER_MAILDIR"], "new").iterdir()}
+    assert after <= before, "the bounce was left in the sender's mailbox"

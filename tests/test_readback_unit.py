@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from aioimaplib.aioimaplib import Response
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target
 from monitor.probe_message import new_probe, parse_header, verify
-from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, is_stale
+from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, Pop3Readback, is_stale
+from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
+from monitor.runner import Runner
+from tests import builders
 
 KEY = b"unit-test-probe-key-0123456789"
 
 
 def _readback() -> ImapReadback:
-    check = CheckSettings(name="roundtrip", port=993, tls_mode="implicit", interval=60, timeout=20, via="imap",
-                          recipient="p@x.test", junk_folders=DEFAULT_JUNK_FOLDERS)
-    target = Target(name="t", host="127.0.0.1", tls=TlsSettings(), auth=Auth("p@x.test", Secret("pw")), checks=(check,))
+    check = builders.check("roundtrip", port=993, tls_mode="implicit", timeout=20, via="imap", recipient="p@x.test",
+                           junk_folders=DEFAULT_JUNK_FOLDERS)
+    target = builders.target("t", check, host="127.0.0.1", auth=Auth("p@x.test", Secret("pw")))
     return ImapReadback(ProbeContext(), target, check, KEY)
 
 
@@ -77,3 +82,31 @@ def test_wrong_key_never_verifies() -> None:
     """A header signed with another key is not ours."""
     header = new_probe(b"another-key-entirely-123456", "east", "t", "imap", 10.0)
     assert verify(KEY, header.value()) is None
+
+
+def test_pop3_known_plain_cache_belongs_to_its_round_trip() -> None:
+    """The UIDLs known not to be probes are kept per round-trip probe and mailbox, not in a process-wide class cache
+    (which outlived reloads, App instances and tests)."""
+    pop3 = builders.target("t", builders.check("roundtrip", via="pop3", recipient="p@x.test"))
+    trip = RoundTrip(Secret("k" * 32), "test")
+    first = trip.reader(ProbeContext(), pop3, pop3.checks[0])
+    again = trip.reader(ProbeContext(), pop3, pop3.checks[0])
+    other = RoundTrip(Secret("k" * 32), "test").reader(ProbeContext(), pop3, pop3.checks[0])
+    assert isinstance(first, Pop3Readback) and isinstance(again, Pop3Readback) and isinstance(other, Pop3Readback)
+    first._known.add("uidl-1")
+    assert "uidl-1" in again._known
+    assert "uidl-1" not in other._known
+
+
+async def test_deadline_while_waiting_for_delivery_is_not_delivered() -> None:
+    """A round trip cut off by its deadline while it waits for its message reports `delivery/not_delivered`, the one
+    name for "probe not found in time" (never `delivery/timeout`)."""
+    async def waits_forever(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+        ctx.step("delivery")
+        await asyncio.sleep(60)
+
+    readback = _readback()
+    check = replace(readback.check, timeout=0.3)
+    result = await Runner("v", probes={"roundtrip": waits_forever}).execute(readback.session.target, check)
+    assert (result.stage, result.reason) == ("delivery", "not_delivered")
+    assert "not visible" in result.detail

@@ -234,3 +234,19 @@ async def test_two_vantages_sharing_a_mailbox_never_take_each_others_messages(la
             east.execute(target, via(target, "pop3")), west.execute(target, via(target, "pop3")))
         assert [r.ok for r in results] == [True] * 4, [f"{r.vantage}/{r.via}: {r.detail}" for r in results]
     assert probe_messages(lab) == []
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_a_failing_round_trip_still_sweeps_stale_probes(lab: Lab, clean_inbox: None, protocol: str) -> None:
+    """Round trips that keep failing (here: a held queue) still delete this vantage's stale probe messages, so they
+    never pile up while the failure lasts (issue 11 item 2)."""
+    stale = new_probe(KEY.reveal().encode(), "test", "lab", protocol, 1.0, now=time.time() - 120)
+    raw, _ = build_message(stale, lab.user, lab.user)
+    mailbox.append(lab, raw)
+    target = roundtrip_target(lab, timeout=6.0)
+    counts = Counts()
+    lab.control("hold", "on")
+    held = await runner(counts=counts).execute(target, via(target, protocol))
+    assert (held.stage, held.reason) == ("delivery", "not_delivered"), held.detail
+    assert counts.swept == [("lab", 1)]
+    assert [m for m in probe_messages(lab) if m.probe_header and stale.probe_id in m.probe_header] == []

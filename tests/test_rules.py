@@ -38,9 +38,14 @@ RECEIVERS = {
     "MailmonCertificateExpiringSoon": "mail-oncall",
     "MailmonCertificateExpired": "mail-oncall",
     "MailmonMailboxNearlyFull": "mail-oncall",
+    "MailmonAuthenticationFailing": "mail-oncall",
     "MailmonSiteFault": "site-owners",
     "MailmonVantageDown": "mailmon-owners",
     "MailmonLocalResourcesExhausted": "mailmon-owners",
+    # The monitor's sign-in (issue 13): the identity provider or the monitor's own configuration, never mail on-call.
+    "MailmonSignInFailure": "mailmon-owners",
+    "MailmonOAuth2TokenNotRenewed": "mailmon-owners",
+    "MailmonAuthDisabled": "mailmon-owners",
 }
 
 
@@ -160,6 +165,9 @@ def test_alert_routes_to_its_receiver(name: str, receiver: str) -> None:
     (("alertname=MailmonVantageDown", "team=mail", "severity=critical"), "mailmon-owners"),
     (("alertname=MailmonLocalResourcesExhausted", "team=mail", "severity=critical"), "mailmon-owners"),
     (("alertname=MailmonSiteFault", "team=mail", "severity=critical"), "site-owners"),
+    (("alertname=MailmonSignInFailure", "team=mail", "severity=critical"), "mailmon-owners"),
+    (("alertname=MailmonOAuth2TokenNotRenewed", "team=mail", "severity=critical"), "mailmon-owners"),
+    (("alertname=MailmonAuthDisabled", "team=mail", "severity=critical"), "mailmon-owners"),
     # Anything unknown goes to the monitor's owners.
     (("alertname=SomethingElse",), "mailmon-owners"),
 ])
@@ -214,6 +222,14 @@ INHIBITION_CASES = [
     (alert("MailmonCertificateExpired", target="t7", check="imap"), False),
     (alert("MailmonCertificateExpiringSoon", target="t7", check="imap"), True),
     (alert("MailmonCertificateExpiringSoon", target="t7", check="smtp"), False),
+    # A server-side outage does not inhibit the monitor's sign-in alerts of the same target (other owners) ...
+    (alert("MailmonSMTPServerOutage", target="t8", check="smtp", scope="server"), False),
+    (alert("MailmonSignInFailure", target="t8", check="imap", vantage="office"), False),
+    (alert("MailmonAuthDisabled", target="t8", check="pop3"), False),
+    # ... while a vantage that is down inhibits its own sign-in alerts (vantage "branch" is down above).
+    (alert("MailmonSignInFailure", target="t9", check="smtp", vantage="branch"), True),
+    (alert("MailmonOAuth2TokenNotRenewed", identity="probe@t9", grant="client_credentials", vantage="branch"), True),
+    (alert("MailmonOAuth2TokenNotRenewed", identity="probe@t9", grant="client_credentials", vantage="home"), False),
 ]
 
 

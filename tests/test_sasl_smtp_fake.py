@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import json
 
-from monitor.config import Auth, CheckSettings, Target, TlsSettings
+from monitor.config import Auth, Target
 from monitor.signin import IDENTITIES
 from monitor.signin.settings import OAuth2Settings
 from monitor.verdict import VerdictBoard
+from tests import builders
 from tests.conftest import run_once
 from tests.fakes.server import Conn, FakeServer
 from tests.fakes.token_endpoint import Reply, TokenEndpoint, ok
@@ -64,9 +65,9 @@ class Submission:
 
 
 def target(port: int, oauth2: OAuth2Settings, mechanism: str = "xoauth2") -> Target:
-    check = CheckSettings(name="smtp", port=port, tls_mode="none", interval=60.0, timeout=5.0, uses_token=True)
-    return Target(name="fake", host="127.0.0.1", tls=TlsSettings(),
-                  auth=Auth("probe@example.test", oauth2=oauth2, mechanism=mechanism), checks=(check,))
+    check = builders.check("smtp", port=port, tls_mode="none", timeout=5.0, uses_token=True)
+    return builders.target("fake", check, host="127.0.0.1",
+                           auth=Auth("probe@example.test", oauth2=oauth2, mechanism=mechanism))
 
 
 async def test_xoauth2_passes_and_the_transcript_hides_the_token() -> None:

@@ -1,4 +1,8 @@
-"""The scheduler with a fake run function: fixed rate, overrun skips, the concurrency bound, remove and stop."""
+"""The scheduler with a fake run function: fixed rate, overrun skips, the concurrency bound, remove and stop.
+
+The tests run on fake loop time (looptime): a sleep takes no real time and the loop's clock moves in exact
+steps, so counts and gaps are asserted exactly rather than as ranges that a loaded machine might still miss.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,22 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from monitor.config import CheckSettings, Target, TlsSettings
+import looptime
+import pytest
+
+from monitor.config import CheckSettings, Target
 from monitor.scheduler import Scheduler
+from tests import builders
+
+pytestmark = pytest.mark.looptime
 
 INTERVAL = 0.05
 
 
 def make_target(name: str, checks: tuple[str, ...] = ("smtp",), interval: float = INTERVAL) -> Target:
-    settings = tuple(CheckSettings(name=check, port=25, tls_mode="none", interval=interval, timeout=interval,
-                                   use_auth=False) for check in checks)
-    return Target(name=name, host="127.0.0.1", tls=TlsSettings(), auth=None, checks=settings)
+    settings = (builders.check(check, tls_mode="none", interval=interval, timeout=interval, use_auth=False)
+                for check in checks)
+    return builders.target(name, *settings, host="127.0.0.1", auth=None)
 
 
 class FakeRun:
@@ -46,6 +56,13 @@ class FakeRun:
             self.active[key] -= 1
 
 
+def fake_time() -> bool:
+    """Whether this loop runs on looptime's fake time: it does on asyncio's loop; uvloop's (the image's, tested in
+    a pass of its own by scripts/test) cannot be patched, so there the tests keep real-time ranges."""
+    loop = asyncio.get_running_loop()
+    return isinstance(loop, looptime.LoopTimeEventLoop) and loop.looptime_on
+
+
 async def wait_until(condition: Callable[[], bool], limit: float = 5.0) -> None:
     """Poll until `condition` holds; fail the test after `limit` seconds (a hang guard, not a speed check)."""
     async def poll() -> None:
@@ -71,8 +88,10 @@ async def test_runs_repeat_at_the_interval() -> None:
     async def body() -> None:
         await asyncio.sleep(0.3)
     await running(scheduler, body)
-    # 0.3 s at 0.05 s is 7 due times; a slow machine may run fewer, but never more than the schedule allows.
-    assert 3 <= run.calls[("a", "smtp")] <= 8
+    # Due at 0, 0.05, ... 0.25 s: six runs before the body ends at 0.3 s (the one due at 0.3 s is not started
+    # before the scheduler stops). On real time a slow machine may run fewer, never more than the schedule allows.
+    calls = run.calls[("a", "smtp")]
+    assert calls == 6 if fake_time() else 3 <= calls <= 8
 
 
 async def test_fixed_rate_does_not_drift_by_run_time() -> None:
@@ -84,8 +103,8 @@ async def test_fixed_rate_does_not_drift_by_run_time() -> None:
     async def body() -> None:
         await asyncio.sleep(0.52)
     await running(scheduler, body)
-    # Fixed rate: ~11 starts. Scheduling after each run ends (0.09 s apart) would give at most 6.
-    assert run.calls[("a", "smtp")] >= 8
+    # Fixed rate: 11 starts (0, 0.05, ... 0.5 s). Scheduling after each run ends (0.09 s apart) would give 6.
+    assert run.calls[("a", "smtp")] == 11 if fake_time() else run.calls[("a", "smtp")] >= 8
 
 
 async def test_overrun_is_skipped_and_never_runs_concurrently() -> None:
@@ -126,9 +145,10 @@ async def test_lag_is_reported_for_runs_waiting_for_a_slot() -> None:
     async def body() -> None:
         await wait_until(lambda: len(lags) == 4)
     await running(scheduler, body)
-    assert all(lag >= 0 for lag in lags)
     # All four were due at once with one slot: the last one waited behind three runs of 0.03 s.
-    assert max(lags) >= 0.06
+    if fake_time():
+        assert sorted(lags) == pytest.approx([0.0, 0.03, 0.06, 0.09], abs=1e-5)
+    assert all(lag >= 0 for lag in lags) and max(lags) >= 0.06
 
 
 async def test_remove_stops_only_that_target() -> None:
@@ -243,8 +263,9 @@ async def test_spread_caps_the_start_window() -> None:
         await wait_until(lambda: len(run.calls) == 20)
     await running(scheduler, body)
     assert all(calls == 1 for calls in run.calls.values())
-    # Spread over the whole 30 s interval instead, 20 first runs all inside 1 s would have a chance of 1e-29.
-    assert max(at - start for _, at in run.starts) < 1.0
+    # Spread over the whole 30 s interval instead, 20 first runs all inside 0.05 s would have a chance of 1e-57.
+    # (uvloop's timers have millisecond resolution.)
+    assert max(at - start for _, at in run.starts) <= 0.05 + (1e-6 if fake_time() else 0.005)
 
 
 async def test_a_target_removed_and_added_again_keeps_one_schedule() -> None:
@@ -262,9 +283,10 @@ async def test_a_target_removed_and_added_again_keeps_one_schedule() -> None:
     starts = [at for key, at in run.starts if key == ("a", "smtp")]
     # Runs of one check are never closer than an interval apart, except the re-added schedule's first run.
     assert len(starts) == 3
-    assert starts[2] - starts[1] > 0.15
+    assert starts[2] - starts[1] == pytest.approx(0.2, abs=1e-5) if fake_time() else starts[2] - starts[1] > 0.15
 
 
+@pytest.mark.looptime(False)  # a real stall: fake loop time does not move while the loop is blocked
 async def test_a_stalled_loop_skips_missed_slots_without_a_burst() -> None:
     """After the event loop was blocked for several intervals, a check runs once, not once per missed slot."""
     import time

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from monitor.config import load_text
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, load_text
 from monitor.metrics import expected_phases, possible_failures
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
 
@@ -88,3 +92,48 @@ def test_token_command_string_is_split_into_words() -> None:
     auth = loaded.targets[0].auth
     assert auth is not None and auth.oauth2 is not None
     assert auth.oauth2.token_command == ("oauth2l", "fetch", "--json", "a b")
+
+
+def _pair(directory: Path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate, its key, and another key that does not belong to it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailmon")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    paths = (directory / "client.pem", directory / "client.key", directory / "other.key")
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for path, k in ((paths[1], key), (paths[2], other)):
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    return paths
+
+
+@pytest.mark.parametrize(("block", "line", "expected"), [
+    # The key file of a certificate that cannot be read: its own line, not the certificate's.
+    ("grant: client_credentials\ntoken_url: https://idp.example/token\nclient_id: app\n"
+     "client_certificate_file: {cert}\nclient_key_file: {dir}/missing.key",
+     13, "targets[0].auth.oauth2.client_key_file: cannot read key file '{dir}/missing.key': No such file or directory"),
+    ("grant: client_credentials\ntoken_url: https://idp.example/token\nclient_id: app\n"
+     "client_certificate_file: {cert}\nclient_key_file: {other}",
+     13, "targets[0].auth.oauth2.client_key_file: the private key does not belong to the certificate"),
+    ("grant: service_account\nprovider: google\nservice_account_file: {dir}/missing.json",
+     11, "targets[0].auth.oauth2.service_account_file: cannot read service account key file '{dir}/missing.json': "
+         "No such file or directory"),
+])
+def test_bad_key_material_is_a_config_error_with_its_line(tmp_path: Path, block: str, line: int,
+                                                          expected: str) -> None:
+    """Key material is checked at load: the problem names file:line and what is wrong (exit 2 via validate)."""
+    cert, key, other = _pair(tmp_path)
+    values = {"cert": cert, "key": key, "other": other, "dir": tmp_path}
+    with pytest.raises(ConfigError) as caught:
+        load_text(config(block.format(**values)), "c.yml", ENV)
+    assert caught.value.problems == [f"c.yml:{line}: {expected.format(**values)}"]

@@ -49,6 +49,8 @@ from tests.test_hostile import (
 )
 from tests.test_hostile import tls_material as tls_material  # the session fixture, shared
 
+pytestmark = pytest.mark.slow  # thousands of checks against fakes
+
 CHECKS = 3000
 WARMUP_CHECKS = 1000
 CONCURRENCY = 100

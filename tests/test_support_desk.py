@@ -8,11 +8,12 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import builders
 from tests.conftest import Lab, free_port, mailmon_command
 from tests.processes import Monitor, http_get, wait_for
 from tests.tools import tool
@@ -25,13 +26,10 @@ NEXT_MAINTENANCE = (int(time.time() // 86400) + 1) * 86400 + 7200
 
 
 def _config(tmp: Path, lab: Lab, vantage: str) -> Path:
-    secret = tmp / "password"
-    secret.write_text(lab.password)
     # A change window that opened an hour ago and lasts a day, in the monitor's config as support would add it.
     opened = time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() - 3600))
     weekly = time.strftime("%Y-%m-%d %H:%M", time.gmtime(NEXT_MAINTENANCE))
-    path = tmp / f"{vantage}.yaml"
-    path.write_text(f"""
+    return builders.lab_config(tmp, lab, f"""
 vantage: {vantage}
 listen: 127.0.0.1:9
 defaults: {{interval: 2s, timeout: 2s}}
@@ -40,10 +38,7 @@ changes:
     entries:
       - {{name: Patch Tuesday, start: "{opened}", timezone: UTC, duration: 1d}}
       - {{name: Maintenance, start: "{weekly}", timezone: UTC, duration: 1h, rrule: FREQ=WEEKLY}}
-targets:
-{lab.target_yaml("lab", f"password_file: {secret}", "smtp: {port: 587, tls: starttls}",
-                 "imap: {port: 993, tls: implicit}", "pop3: {port: 995, tls: implicit}")}""")
-    return path
+""", name=f"{vantage}.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +48,7 @@ def monitors(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
     running = [Monitor(_config(tmp, lab, vantage), tmp / f"{vantage}.log") for vantage in VANTAGES]
     try:
         for monitor in running:
-            wait_for(lambda m=monitor: m.verdict("lab") == "ok", "each monitor to see the lab healthy", limit=20)
+            wait_for(_verdict_is(monitor, "ok"), "each monitor to see the lab healthy", limit=20)
         yield running
     finally:
         for monitor in running:
@@ -61,17 +56,21 @@ def monitors(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         lab.control("fault", "reset")
 
 
+def _verdict_is(monitor: Monitor, verdict: str) -> Callable[[], bool]:
+    return lambda: monitor.verdict("lab") == verdict
+
+
 @pytest.fixture
 def smtp_down(lab: Lab, monitors: list[Monitor]) -> Iterator[None]:
     lab.control("fault", "smtp", "on")
     try:
         for monitor in monitors:
-            wait_for(lambda m=monitor: m.verdict("lab") == "smtp_down", "each monitor to see SMTP down", limit=20)
+            wait_for(_verdict_is(monitor, "smtp_down"), "each monitor to see SMTP down", limit=20)
         yield
     finally:
         lab.control("fault", "smtp", "off")
         for monitor in monitors:
-            wait_for(lambda m=monitor: m.verdict("lab") == "ok", "each monitor to see the lab healthy", limit=20)
+            wait_for(_verdict_is(monitor, "ok"), "each monitor to see the lab healthy", limit=20)
 
 
 def _ask(monitors: list[Monitor], tmp: Path, lab: Lab, reported: str) -> subprocess.CompletedProcess[str]:

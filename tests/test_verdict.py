@@ -7,16 +7,18 @@ import itertools
 import pytest
 
 from monitor.result import Result
+from monitor.steps import Reason, Stage
 from monitor.verdict import VERDICTS, Outcome, VerdictBoard, classify_result, decide, describe
+from tests import builders
 
 KINDS = (None, "vantage", "network", "service", "tls", "auth", "other")
 DELIVERY_KINDS = (None, "delivery", "junk", "other")
 
 
-def result(check: str, stage: str | None = None, reason: str | None = None, via: str | None = None,
+def result(check: str, stage: Stage | None = None, reason: Reason | None = None, via: str | None = None,
            duration: float = 0.1, target: str = "t") -> Result:
-    return Result(target=target, check=check, vantage="v", ok=stage is None, started_at=0.0,
-                  duration_seconds=duration, phases={}, stage=stage, reason=reason, via=via)
+    return builders.result(target, check, stage=stage, reason=reason, via=via, duration=duration, vantage="v",
+                           started_at=0.0)
 
 
 @pytest.mark.parametrize(("results", "expected"), [
@@ -161,7 +163,7 @@ def test_board_is_not_ok_before_every_check_reported() -> None:
 
 
 @pytest.mark.parametrize("reason", ["timeout", "reset", "reply_4xx", "reply_5xx", "protocol"])
-def test_login_failure_of_any_reason_is_never_an_outage(reason: str) -> None:
+def test_login_failure_of_any_reason_is_never_an_outage(reason: Reason) -> None:
     """A login that fails in any way (a server delaying a wrong password into `auth/timeout`) reads as auth_failed."""
     assert decide(classify_result(r) for r in [result("smtp"), result("imap", "auth", reason),
                                                result("pop3", "auth", reason)]) == "auth_failed"
@@ -175,3 +177,25 @@ def test_login_timeout_summary_names_a_delayed_login() -> None:
     failing = result("imap", "auth", "timeout", duration=4.0)
     text = describe("auth_failed", [result("smtp"), failing], "v")
     assert "login did not complete in 4.0 s — the server may be delaying failed logins" in text
+
+
+def test_auth_disabled_says_switch_to_oauth2() -> None:
+    """A policy refusal of password logins (535 5.7.139) tells the reader what to do, not to hunt a wrong password."""
+    text = describe("auth_failed", [result("imap"), result("smtp", "auth", "auth_disabled")], "v")
+    assert "switch this target to oauth2" in text
+
+
+def test_every_verdict_has_a_colour_on_the_status_page() -> None:
+    """A new verdict (signin_failed) gets its own colour, not the grey fallback."""
+    from monitor.web.page import COLOURS
+
+    assert set(VERDICTS) <= set(COLOURS)
+
+
+@pytest.mark.parametrize("reason", ["mailbox_busy", "login_delay"])
+def test_locked_or_delayed_pop3_mailbox_is_not_an_outage(reason: Reason) -> None:
+    """POP3 [IN-USE] and [LOGIN-DELAY] (RFC 2449/3206): the server works and the password is good, so the target is
+    degraded, never receive_down nor auth_failed, at login and in a round trip's read-back alike."""
+    assert decide(classify_result(r) for r in [result("smtp"), result("pop3", "auth", reason)]) == "degraded"
+    assert decide(classify_result(r) for r in [result("smtp"), result("roundtrip", "fetch", reason, via="pop3"),
+                                               result("pop3", "auth", reason)]) == "degraded"

@@ -16,9 +16,12 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from tests import builders
 from tests.conftest import free_port, mailmon_command
 from tests.processes import Daemon, http_get, query, wait_for
 from tests.tools import tool
+
+pytestmark = pytest.mark.slow  # each test starts a `mailmon run` process
 
 USER, PASSWORD = "prometheus", "scrape-Secret-42"
 
@@ -34,13 +37,11 @@ def _tls_material(tmp: Path) -> tuple[Path, Path]:
 
 
 def _config(tmp: Path, targets: list[str]) -> Path:
-    path = tmp / "config.yaml"
     blocks = "".join(f"""  - name: {name}
     host: 127.0.0.1
     smtp: {{port: {free_port()}, tls: none}}
 """ for name in targets)
-    path.write_text(f"vantage: web\ndefaults: {{interval: 60s, timeout: 5s}}\ntargets:\n{blocks}")
-    return path
+    return builders.config_file(tmp, f"vantage: web\ndefaults: {{interval: 60s, timeout: 5s}}\ntargets:\n{blocks}")
 
 
 @pytest.fixture
@@ -107,6 +108,7 @@ def test_plain_http_is_refused(secured: tuple[str, Path]) -> None:
     assert b"mailmon_" not in answer
 
 
+@pytest.mark.prometheus
 def test_prometheus_scrapes_with_tls_and_basic_auth(tmp_path: Path, secured: tuple[str, Path]) -> None:
     """A real Prometheus with the matching scrape config (https, CA, basic auth) scrapes the monitor."""
     url, cert = secured

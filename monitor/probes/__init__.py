@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from monitor.config import CheckSettings, Config, Target
-from monitor.probes import imap, pop3, smtp
+from monitor.probes import imap, pop3
+from monitor.probes.mx import smtp_or_mx
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
 
@@ -18,7 +19,8 @@ __all__ = ["PROBES", "Probe", "probes_for"]
 Probe = Callable[[ProbeContext, Target, CheckSettings], Awaitable[None]]
 
 PROBES: dict[str, Probe] = {
-    "smtp": smtp.probe,
+    # An MX target's smtp check walks the domain's MX hosts (monitor/probes/mx.py).
+    "smtp": smtp_or_mx,
     "imap": imap.probe,
     "pop3": pop3.probe,
 }
@@ -29,5 +31,6 @@ def probes_for(config: Config, on_late: Callable[[str, str, int], None] = lambda
     """The probe table for a configuration: the fixed probes, plus the round trip when a probe key is set."""
     table = dict(PROBES)
     if config.probe_key is not None:
-        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept)
+        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept,
+                                       targets={t.name: t for t in config.targets})
     return table

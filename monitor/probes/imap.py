@@ -17,14 +17,21 @@ from aioimaplib import aioimaplib
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError
+from monitor.families import address_family
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
+from monitor.steps import IMPLICIT_TLS, STARTTLS, TOKEN, Kind, Reason, declare, run
 from monitor.tls import client_context
 
 __all__ = ["ImapSession", "probe"]
+
+# The steps of the `imap` check in order (monitor/steps.py): its metric series, verdict side and docs rows.
+STEPS = declare(Kind("imap", side="receive", steps=run(
+    "dns", "connect", (IMPLICIT_TLS, ("tls",)), "greeting", "capability", (STARTTLS, ("starttls",)),
+    (TOKEN, ("token",)), "login", "select", "logout")))
 
 T = TypeVar("T")
 # RFC 5530 response codes that make a NO temporary rather than a verdict on the credentials.
@@ -39,6 +46,7 @@ _RESPONSE_LIMIT = 32 * 1024 * 1024
 _LINES_PER_CALL = 200
 # How much of a server's BYE line is kept for `detail`.
 _BYE_KEPT = 300
+_EXISTS = re.compile(rb"\* \d+ EXISTS\s*$", re.IGNORECASE)
 
 
 def _pieces(data: bytes) -> Iterator[bytes]:
@@ -71,6 +79,9 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         # The last untagged BYE (RFC 3501 7.1.5), e.g. `* BYE [ALERT] shutting down`: the server's own words
         # for why it closes, which must reach `detail` rather than be lost in the library.
         self.bye: str | None = None
+        # Set by every untagged `* n EXISTS` (RFC 3501 7.3.1), whichever command it came with or none: the mailbox
+        # grew. Taken (and reset) by the read-back's poll, which then fetches what is new.
+        self.grew = False
         self._received = 0
         # During AUTHENTICATE: answers the server's `+` continuation lines (ours, not the library's: it would log
         # the pending command, whose SASL-IR argument carries the token).
@@ -85,6 +96,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def _handle_line(self, line: bytes, current_cmd: aioimaplib.Command | None) -> aioimaplib.Command | None:
         if line[:6].upper() == b"* BYE ":
             self.bye = line[:_BYE_KEPT].decode(errors="replace")
+        elif _EXISTS.match(line):
+            self.grew = True
         return super()._handle_line(line, current_cmd)
 
     def closed_text(self) -> str:
@@ -179,7 +192,7 @@ class ImapSession:
         """Connect, read the greeting, secure the connection and log in."""
         ctx, target, check = self.ctx, self.target, self.check
         loop = asyncio.get_running_loop()
-        sock = await open_socket(ctx, target.host, check.port)
+        sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
         self.protocol = protocol = _Protocol(loop)
         tls_context = client_context(target.tls.ca_file)
         try:
@@ -200,7 +213,7 @@ class ImapSession:
         if greeting.startswith(b"* BYE"):
             # RFC 3501 7.1.5: the server refuses this client, like an SMTP 554 (or 421, when it says why
             # with a temporary RFC 5530 code): the server answered, so this is not a protocol error.
-            reason = "reply_4xx" if _TEMPORARY.search(greeting) else "reply_5xx"
+            reason: Reason = "reply_4xx" if _TEMPORARY.search(greeting) else "reply_5xx"
             text = greeting[:300].decode(errors="replace")
             raise ProbeError("greeting", reason, f"the server refused the session: {text}")
         if not greeting.startswith((b"* OK", b"* PREAUTH")):
@@ -251,7 +264,7 @@ class ImapSession:
         self._heard(response)
         if response.result != "OK":
             temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-            reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
+            reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
                 "auth_rejected"
             raise ProbeError("auth", reason, f"LOGIN {response.result}: {_text(response)}")
 
@@ -264,14 +277,7 @@ class ImapSession:
             offered = sorted(c[5:] for c in protocol.capabilities if c.startswith("AUTH="))
             raise ProbeError("auth", "protocol", f"the server does not offer AUTHENTICATE {mechanism.upper()} "
                                                  f"(it offers: {', '.join(offered) or 'none'})")
-        source, token = await credential(self.ctx, auth, "login")
-        failure = await self._sasl(mechanism, token)
-        if failure is not None and failure.reason == "auth_rejected":
-            fresh = await renewed(self.ctx, source, token, "login")
-            if fresh is not None:
-                failure = await self._sasl(mechanism, fresh)
-        if failure is not None:
-            raise failure
+        await sign_in(self.ctx, auth, "login", lambda token: self._sasl(mechanism, token))
 
     async def _sasl(self, mechanism: str, token: Credential) -> ProbeError | None:
         protocol, ctx = self.protocol, self.ctx
@@ -312,7 +318,7 @@ class ImapSession:
             return None
         text = _text(response)
         temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-        reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
+        reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
         detail = f"AUTHENTICATE {name} {response.result}: {text}" + (f" ({challenges[-1]})" if challenges else "")
         return ProbeError("auth", reason, detail)
 

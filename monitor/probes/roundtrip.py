@@ -24,15 +24,41 @@ from tenacity import (
     wait_exponential,
 )
 
+from monitor.authres import read_headers
+from monitor.bounces import Bounce, parse_dsn
 from monitor.config import CheckSettings, Secret, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
+from monitor.probes.pop3 import login_delay_advice
 from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
 from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
+from monitor.steps import AT_STAGE, TOKEN, Kind, Reason, Stage, When, declare, run
 
-__all__ = ["RoundTrip"]
+__all__ = ["RoundTrip", "over_quota"]
+
+# The steps of the `roundtrip` check in order (monitor/steps.py): the read-back session first (timed as one step),
+# the submission's steps, the wait, the cleanup. The submission's TLS follows the target's `smtp` settings, not this
+# check's `tls_mode` (the read-back's), so the series of both TLS variants exist from the start.
+_SUBMISSION_TLS = When("implicit TLS submission", lambda check: True)
+_SUBMISSION_STARTTLS = When("STARTTLS submission", lambda check: True)
+STEPS = declare(Kind(
+    "roundtrip", steps=run(
+        "readback_open", "dns", "connect", (_SUBMISSION_TLS, ("tls",)), "banner", "ehlo",
+        (_SUBMISSION_STARTTLS, ("starttls", "ehlo_tls")), (TOKEN, ("token",)), "auth", "mail_from", "rcpt", "data",
+        "quit", "delivery", "cleanup",
+        # Timed on every delivered run, but its series appears with the first one.
+        (When("after a delivery; no series before", lambda check: False), ("sweep",))),
+    # The submission is the send side, the read-back the receive side, the wait between them delivery.
+    side="send", ok_side="delivery", stage_side={"fetch": "receive", "delivery": "delivery", "cleanup": "delivery"},
+    # The read-back can fail in every way a login can; the wait ends delivered, late or in a junk folder.
+    extra_failures=(*(("fetch", reason) for reason in AT_STAGE["connect"] + AT_STAGE["tls"] + AT_STAGE["auth"]),
+                    ("delivery", "not_delivered"), ("delivery", "junk"),
+                    # Refused at delivery for quota (read-back's GETQUOTAROOT, or the DSN at a submit_via sender).
+                    ("delivery", "mailbox_full"),
+                    # A POP3 read-back's RFC 2449/3206 codes: a locked mailbox, the server's LOGIN-DELAY.
+                    ("fetch", "mailbox_busy"), ("fetch", "login_delay"))))
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +76,18 @@ _RESERVE_SHARE = 0.2
 _TRANSIENT = frozenset({"reset", "refused", "unreachable"})
 
 
+def over_quota(quota: dict[str, tuple[int, int]], size: int) -> tuple[str, tuple[int, int]] | None:
+    """The resource that leaves no room for one more message of `size` bytes, or None.
+
+    MESSAGE counts messages; STORAGE counts KiB (RFC 9208), so the probe's own size is added to it."""
+    for name, (usage, limit) in sorted(quota.items()):
+        if name == "MESSAGE" and usage + 1 > limit:
+            return name, (usage, limit)
+        if name == "STORAGE" and usage + (size + 1023) // 1024 > limit:
+            return name, (usage, limit)
+    return None
+
+
 def _transient(exc: BaseException) -> bool:
     return not isinstance(exc, ProbeError) and classify(exc, "fetch")[1] in _TRANSIENT
 
@@ -59,9 +97,14 @@ class RoundTrip:
 
     def __init__(self, key: Secret, vantage: str,
                  on_late: Callable[[str, str, int], None] = lambda target, via, n: None,
-                 on_swept: Callable[[str, int], None] = lambda target, n: None) -> None:
+                 on_swept: Callable[[str, int], None] = lambda target, n: None,
+                 targets: dict[str, Target] | None = None) -> None:
         self.key = key
+        # Every target by name, for round trips that submit through another target (`submit_via`).
+        self.targets = targets or {}
         self.vantage = vantage
+        # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
+        self.known_plain: dict[tuple[str, int, str], set[str]] = {}
         self.on_late = on_late
         self.on_swept = on_swept
 
@@ -69,10 +112,16 @@ class RoundTrip:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
-        return Pop3Readback(ctx, target, check, key)
+        user = target.auth.username if target.auth else ""
+        known = self.known_plain.setdefault((target.host, check.port, user), set())
+        reader = Pop3Readback(ctx, target, check, key, known)
+        reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
+        return reader
 
     async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
-        submission = target.settings("smtp")
+        # A loop between providers: submit through another target, read back here.
+        submitter = self.targets.get(check.submit_via, target) if check.submit_via else target
+        submission = submitter.settings("smtp")
         assert submission is not None and check.via is not None and check.recipient is not None
         started = time.perf_counter()
         reserve = min(_RESERVE_MAX, check.timeout * _RESERVE_SHARE)
@@ -81,19 +130,27 @@ class RoundTrip:
         reader_ctx = ProbeContext()
         reader = self.reader(reader_ctx, target, check)
         ctx.step("readback_open")
+        opened = False
         try:
             await self._open(reader)
+            opened = True
             ctx.note(f"{check.via} read-back session ready")
             # The signed deadline is when this run stops looking: from then on the message is the sweeper's.
             header = new_probe(self.key.reveal().encode(), self.vantage, target.name, check.via,
                                max(0.0, give_up - time.perf_counter()))
-            accepted_at = await self._submit(ctx, target, submission, check, header)
+            if submitter is not target:
+                ctx.note(f"submitting through target {submitter.name} ({submitter.host}:{submission.port})")
+            accepted_at, size = await self._submit(ctx, submitter, submission, check, header)
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
+                self._never_looked(reader, check)
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
+                if submitter is not target:
+                    await self._bounced(ctx, submitter, header)
+                await self._refused_for_quota(ctx, reader, size, accepted_at)
                 raise ProbeError("delivery", "not_delivered",
                                  f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not visible "
                                  f"over {check.via} after {time.perf_counter() - accepted_at:.1f}s")
@@ -101,12 +158,30 @@ class RoundTrip:
             # The step clock ran from after QUIT; the latency is from acceptance to the poll that saw it.
             ctx.phases["delivery"] = max(0.0, found.seen_at - accepted_at)
             ctx.note(f"visible over {check.via} after {ctx.phases['delivery'] * 1000:.1f} ms")
+            await self._judged(ctx, reader, found)
             await self._readback(reader.delete(found), stage="cleanup")
             ctx.step("sweep")
             await self._sweep(reader, target)
+        except ProbeError:
+            if opened:
+                # A round trip that keeps failing (held queue, a read-back that cannot log in again) must not let
+                # probe messages pile up: the sweep runs after a failure too, in the time kept back for it.
+                await self._sweep(reader, target)
+            raise
         finally:
             reader.close()
             ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
+
+    @staticmethod
+    def _never_looked(reader: Readback, check: CheckSettings) -> None:
+        """A POP3 read-back whose server's LOGIN-DELAY allowed no look before the deadline did not see the message
+        missing: it could not look. Say that, and what would work, rather than `not_delivered`."""
+        if isinstance(reader, Pop3Readback) and reader.login_delay and reader.looks == 0:
+            delay = reader.login_delay
+            raise ProbeError("fetch", "login_delay", (
+                f"the POP3 server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY {delay:.0f}), "
+                f"and none was allowed between the submission and this round trip's deadline "
+                f"(timeout {check.timeout:.0f}s, interval {check.interval:.0f}s). {login_delay_advice(delay)}"))
 
     async def _open(self, reader: Readback) -> None:
         """Log in for the read-back, retrying only connection-level hiccups (never the submission)."""
@@ -125,7 +200,7 @@ class RoundTrip:
         except Exception as exc:
             raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
-    async def _readback(self, awaitable: Awaitable[T], stage: str = "fetch") -> T:
+    async def _readback(self, awaitable: Awaitable[T], stage: Stage = "fetch") -> T:
         """Await a read-back step, reporting its failure under `stage` (the submission already succeeded)."""
         try:
             return await awaitable
@@ -135,8 +210,8 @@ class RoundTrip:
             raise ProbeError(stage, classify(exc, stage)[1], f"read-back: {exc}") from exc
 
     async def _submit(self, ctx: ProbeContext, target: Target, submission: CheckSettings, check: CheckSettings,
-                      header: ProbeHeader) -> float:
-        """Send the probe message; returns when the server accepted it (perf_counter time)."""
+                      header: ProbeHeader) -> tuple[float, int]:
+        """Send the probe message; returns when the server accepted it (perf_counter time) and its size."""
         assert check.recipient is not None
         message, message_id = build_message(header, check.sender or check.recipient, check.recipient)
         ctx.message_id = message_id
@@ -163,7 +238,76 @@ class RoundTrip:
             raise
         finally:
             client.close()
-        return accepted_at
+        return accepted_at, len(message)
+
+    async def _judged(self, ctx: ProbeContext, reader: Readback, found: Found) -> None:
+        """Read the delivered probe's Authentication-Results and Received chain; never fails the round trip."""
+        try:
+            block = await reader.header_block(found)
+        except Exception as exc:
+            log.debug("header block of the probe: %s", exc)
+            return
+        if block is None:
+            return
+        results, hops, delays = read_headers(block, found.header.sent_ms / 1000)
+        ctx.auth_results, ctx.hops, ctx.hop_delays = results, hops, delays
+        said = " ".join(f"{method}={value}" for method, value in sorted(results.items())) or "none"
+        ctx.note(f"Authentication-Results: {said}; {hops} Received hops, delays "
+                 + ", ".join(f"{d:.0f}s" for d in delays))
+
+    async def _bounced(self, ctx: ProbeContext, submitter: Target, header: ProbeHeader) -> None:
+        """A probe that never arrived may have bounced to its sender: the submitting target's mailbox (over its imap
+        block) holds the DSN, which says why (`5.2.2`: the recipient's mailbox is full). The DSN is deleted."""
+        imap = submitter.settings("imap")
+        if imap is None:
+            return
+        key = self.key.reveal().encode()
+        sender_ctx = ProbeContext()
+        mailbox = ImapReadback(sender_ctx, submitter, imap, key)
+        bounce: Bounce | None = None
+        try:
+            await mailbox.open()
+            # TEXT, not BODY: the probe's header is in the DSN's returned message/rfc822 part, which Dovecot's BODY
+            # search leaves out.
+            for uid in await mailbox._search("TEXT", f'"{header.probe_id}"'):
+                response = await mailbox.session.watch(mailbox._protocol.fetch(str(uid), "(BODY.PEEK[])", by_uid=True))
+                raw = next((bytes(line) for line in response.lines if isinstance(line, bytearray)), b"")
+                found = parse_dsn(raw, key)
+                if found is not None and found.probe.probe_id == header.probe_id:
+                    bounce = found
+                    await mailbox.delete(Found(str(uid), found.probe, time.perf_counter(), mailbox.folder))
+                    break
+        except Exception as exc:  # the sender's mailbox is a clue, never a failure of its own
+            log.debug("looking for a bounce in %s: %s", submitter.name, exc)
+        finally:
+            mailbox.close()
+        if bounce is None:
+            return
+        reason: Reason = "mailbox_full" if bounce.status[2:].startswith("2.2") else "not_delivered"
+        raise ProbeError("delivery", reason, f"accepted by the server (queue id {ctx.queue_id or 'unknown'}), then "
+                                             f"bounced to the sender ({submitter.name}): Status {bounce.status}, "
+                                             f"{bounce.diagnostic or 'no diagnostic'}")
+
+    async def _refused_for_quota(self, ctx: ProbeContext, reader: Readback, size: int, accepted_at: float) -> None:
+        """Raise `delivery/mailbox_full` when the read-back mailbox has no room for the probe.
+
+        A server that checks quota only at delivery (Postfix without a quota policy in front of Dovecot's LMTP)
+        accepts the message with `250` and bounces it afterwards; the bounce goes to the sender, which for a round
+        trip is usually this same full mailbox, so no DSN can come back. The mailbox's own quota then says why."""
+        try:
+            quota = await reader.quota()
+        except Exception as exc:  # no quota to tell: the round trip stays not_delivered
+            log.debug("quota after a missing probe: %s", exc)
+            return
+        full = over_quota(quota, size)
+        if full is None:
+            return
+        ctx.quota = quota
+        name, (usage, limit) = full
+        raise ProbeError("delivery", "mailbox_full",
+                         f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not delivered: the "
+                         f"mailbox is at its quota ({name} {usage} of {limit}), so the server refused the probe at "
+                         f"delivery (after {time.perf_counter() - accepted_at:.1f}s)")
 
     async def _wait(self, reader: Readback, header: ProbeHeader, give_up: float) -> Found | None:
         """Poll fast right after acceptance, then wait for pushes, until found or `give_up`."""
@@ -197,6 +341,8 @@ class RoundTrip:
             return await self._readback(reader.poll(probe_id))
         except ProbeError as exc:
             raise ProbeError("fetch", exc.reason, f"read-back: {exc.detail}") from exc
+        except Exception as exc:  # a read-back command that failed otherwise (a timeout): the reader's, not delivery's
+            raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
     async def _sweep(self, reader: Readback, target: Target) -> None:
         """Delete our stale probe messages (late arrivals, crash leftovers); never fails the round trip."""

@@ -15,14 +15,24 @@ import aiosmtplib
 
 from monitor.config import CheckSettings, Target, default_helo_name
 from monitor.errors import ProbeError, smtp_reply_reason
+from monitor.families import address_family
 from monitor.net import open_socket
-from monitor.probes.signin import credential, policy_refusal, renewed
+from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
 from monitor.signin.sasl import describe_challenge, failure_answer, initial_response
+from monitor.steps import IMPLICIT_TLS, STARTTLS, TOKEN, Kind, Reason, Stage, When, declare, run
 from monitor.tls import client_context
 
 __all__ = ["probe", "quit_session", "record_reply", "smtp_session"]
+
+# The steps of the `smtp` check in order (monitor/steps.py): its metric series, verdict side and docs rows.
+STEPS = declare(Kind("smtp", side="send", steps=run(
+    "dns", "connect", (IMPLICIT_TLS, ("tls",)), "banner", "ehlo", (STARTTLS, ("starttls", "ehlo_tls")),
+    (TOKEN, ("token",)), (When("with credentials", lambda check: check.use_auth), ("auth",)),
+    (When("dry run: mail_from set", lambda check: bool(check.mail_from)), ("mail_from", "rcpt", "rset")), "quit"),
+    # An MX target's smtp check (host: {mx: DOMAIN}, monitor/mx.py) also reads the domain's MX records.
+    extra_failures=(("dns", "nxdomain"), ("dns", "no_mx"), ("dns", "mx_unresolvable"), ("dns", "mx_cname"))))
 
 # Preference order among the mechanisms a server advertises; PLAIN needs one round trip.
 _MECHANISMS = ("plain", "login")
@@ -41,8 +51,8 @@ def record_reply(ctx: ProbeContext, response: aiosmtplib.SMTPResponse) -> None:
         ctx.heard(f"{response.code} {line}")
 
 
-def _rejected(ctx: ProbeContext, stage: str, exc: aiosmtplib.SMTPResponseException, what: str = "",
-              reason: str | None = None) -> ProbeError:
+def _rejected(ctx: ProbeContext, stage: Stage, exc: aiosmtplib.SMTPResponseException, what: str = "",
+              reason: Reason | None = None) -> ProbeError:
     """Record a reply that aiosmtplib raised instead of returning, and turn it into the failure of `stage`."""
     record_reply(ctx, aiosmtplib.SMTPResponse(exc.code, exc.message))
     return ProbeError(stage, reason or smtp_reply_reason(exc.code, exc.message), f"{what}{exc.code} {exc.message}",
@@ -79,7 +89,7 @@ async def _ehlo(ctx: ProbeContext, client: aiosmtplib.SMTP, helo: str, quick_ack
     _expect(ctx, response, "ehlo", 250)
 
 
-def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *codes: int) -> None:
+def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: Stage, *codes: int) -> None:
     record_reply(ctx, response)
     if response.code not in codes:
         raise ProbeError(stage, smtp_reply_reason(response.code, response.message),
@@ -87,7 +97,7 @@ def _expect(ctx: ProbeContext, response: aiosmtplib.SMTPResponse, stage: str, *c
                          smtp_code=response.code)
 
 
-async def _command(ctx: ProbeContext, client: aiosmtplib.SMTP, stage: str, line: str, *codes: int,
+async def _command(ctx: ProbeContext, client: aiosmtplib.SMTP, stage: Stage, line: str, *codes: int,
                    shown: str | None = None) -> aiosmtplib.SMTPResponse:
     """Send one command line (transcript shows `shown` instead where the line carries a secret)."""
     ctx.say(shown or line)
@@ -104,7 +114,7 @@ async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) 
 
     Shared by the `smtp` check and the round trip's submission, so both speak exactly the same way.
     """
-    sock = await open_socket(ctx, target.host, check.port)
+    sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
     implicit = check.tls_mode == "implicit"
     tls_context = client_context(target.tls.ca_file, check.tls_min, check.tls_max)
     client = aiosmtplib.SMTP(
@@ -170,7 +180,7 @@ async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Targ
         response = await method(target.auth.username, target.auth.password.reveal())
     except aiosmtplib.SMTPAuthenticationError as exc:
         if policy_refusal(exc.message):
-            reason: str | None = "auth_disabled"
+            reason: Reason | None = "auth_disabled"
         else:
             reason = "auth_rejected" if exc.code in _AUTH_REJECTED else None
         raise _rejected(ctx, "auth", exc, reason=reason) from exc
@@ -188,14 +198,8 @@ async def _authenticate_oauth2(ctx: ProbeContext, client: aiosmtplib.SMTP, targe
     if mechanism not in client.server_auth_methods:
         raise ProbeError("auth", "protocol", f"the server does not offer AUTH {mechanism.upper()} (it offers: "
                                              f"{', '.join(client.server_auth_methods).upper() or 'none'})")
-    source, token = await credential(ctx, auth, "auth")
-    failure = await _sasl(ctx, client, mechanism, token, target.server_name, check.port)
-    if failure is not None and failure.reason == "auth_rejected":
-        fresh = await renewed(ctx, source, token, "auth")
-        if fresh is not None:
-            failure = await _sasl(ctx, client, mechanism, fresh, target.server_name, check.port)
-    if failure is not None:
-        raise failure
+    await sign_in(ctx, auth, "auth", lambda token: _sasl(ctx, client, mechanism, token, target.server_name,
+                                                         check.port))
 
 
 async def _execute(ctx: ProbeContext, client: aiosmtplib.SMTP, *args: bytes) -> aiosmtplib.SMTPResponse:
@@ -236,6 +240,7 @@ async def _sasl(ctx: ProbeContext, client: aiosmtplib.SMTP, mechanism: str, toke
 
 
 def _auth_failure(response: aiosmtplib.SMTPResponse, name: str, challenge: str) -> ProbeError:
+    reason: Reason
     if policy_refusal(response.message):
         reason = "auth_disabled"
     elif response.code in _AUTH_REJECTED:

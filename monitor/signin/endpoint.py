@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from monitor.errors import ProbeError, classify
+from monitor.steps import Reason
 
 __all__ = ["TokenReply", "post_form"]
 
@@ -52,6 +53,24 @@ async def post_form(url: str, form: dict[str, str], *, timeout: float, ca_file: 
             return await _post(url, form, timeout, ca_file, basic, errors_ok)
     except TimeoutError:
         raise ProbeError("token", "timeout", f"token endpoint {url}: no answer within {timeout:.1f}s") from None
+    except ProbeError as exc:
+        # The detail quotes the provider's error_description: a broken or hostile endpoint that echoes the
+        # request back would put the secret, refresh token or assertion we sent into logs and history.
+        raise ProbeError(exc.stage, exc.reason, _scrub(exc.detail, form, basic)) from None
+
+
+# Form fields that carry credentials (RFC 6749 2.3.1, 6; RFC 7523 2.1, 2.2; RFC 8628 3.4).
+_SECRET_FIELDS = ("client_secret", "client_assertion", "refresh_token", "assertion", "device_code", "code",
+                  "password")
+
+
+def _scrub(text: str, form: dict[str, str], basic: tuple[str, str] | None) -> str:
+    """`text` with every credential of the request replaced by ********."""
+    values = [form[key] for key in _SECRET_FIELDS if key in form] + ([basic[1]] if basic else [])
+    # Values too short to be a credential would only mangle the provider's words.
+    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, "********")
+    return text
 
 
 async def _post(url: str, form: dict[str, str], timeout: float, ca_file: str | None,
@@ -74,7 +93,7 @@ async def _post(url: str, form: dict[str, str], timeout: float, ca_file: str | N
         except httpx.TimeoutException:
             raise ProbeError("token", "timeout", f"token endpoint {url}: no answer within {timeout:.1f}s") from None
         except httpx.RemoteProtocolError as exc:
-            reason = "reset" if "disconnect" in str(exc).lower() else "protocol"
+            reason: Reason = "reset" if "disconnect" in str(exc).lower() else "protocol"
             raise ProbeError("token", reason, f"token endpoint {url}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ProbeError("token", _reason(exc), f"token endpoint {url}: {_describe(exc)}") from None
@@ -91,7 +110,7 @@ def _links(exc: BaseException) -> list[BaseException]:
     return links
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> Reason:
     """The innermost link that names a reason (`classify` per link), else internal."""
     for link in reversed(_links(exc)):
         _, reason = classify(link, "token")
@@ -125,6 +144,7 @@ def _reply(url: str, status: int, body: bytes, errors_ok: frozenset[str]) -> Tok
         description = document.get("error_description") if isinstance(document, dict) else None
         if isinstance(description, str) and description:
             said += f": {description.splitlines()[0][:240]}"
+    reason: Reason
     if isinstance(error, str) and error in _REJECTED:
         reason = "auth_rejected"
     elif 400 <= status < 500:

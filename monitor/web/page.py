@@ -16,6 +16,8 @@ COLOURS = {
     "ok": "#2e7d32", "degraded": "#f9a825", "unknown": "#757575", "vantage_fault": "#6a1b9a",
     "smtp_down": "#c62828", "receive_down": "#c62828", "unreachable": "#b71c1c", "delivery_stalled": "#e65100",
     "auth_failed": "#ad1457", "tls_problem": "#ad1457",
+    # The monitor's own sign-in (OAuth2 identity provider): the monitor's problem, purple like vantage_fault.
+    "signin_failed": "#4527a0",
 }
 _DAY = 86400.0
 _WIDTH = 960

@@ -6,7 +6,8 @@ Usage: scripts/lab/smoke.py [--control]     (reads `scripts/mail-lab env`)
 Checks submission (587 STARTTLS + AUTH, 465 implicit TLS), port 25 without
 AUTH (lab.test accepted, elsewhere rejected at RCPT), delivery into the
 Maildir, IMAP 993/143 and POP3 995/110 logins, refusal of plaintext logins
-before STARTTLS/STLS, fast wrong-password failures and IMAP IDLE.
+before STARTTLS/STLS, fast wrong-password failures and IMAP IDLE, and bearer
+tokens from the lab identity provider (XOAUTH2 on 993 and 587, a rejected token).
 
 --control also exercises the control subcommands (disruptive: run it only
 when nothing else uses the lab): `stop postfix` leaves IMAP/POP3 up,
@@ -20,6 +21,7 @@ Exit status 0 when every check passes.  Stdlib only.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import json
@@ -31,6 +33,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -343,6 +347,39 @@ def main() -> int:
             took2 = mail_lab("hold", "off")
         return f"{took}: queued in hold, not delivered; {took2}: {wait_delivered(tag)}"
 
+    def idp_token() -> str:
+        form = {"grant_type": "client_credentials", "client_id": env["LAB_IDP_CLIENT_ID"],
+                "client_secret": Path(env["LAB_IDP_CLIENT_SECRET_FILE"]).read_text().strip()}
+        request = urllib.request.Request(env["LAB_IDP_TOKEN_URL"], data=urllib.parse.urlencode(form).encode())
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as reply:
+            return str(json.load(reply)["access_token"])
+
+    def xoauth2(token: str) -> bytes:
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+    def imaps_993_xoauth2():
+        with imaplib.IMAP4_SSL(host, port["imaps"], ssl_context=ctx, timeout=10) as m:
+            typ, _ = m.authenticate("XOAUTH2", lambda challenge: xoauth2(idp_token()))
+            assert typ == "OK"
+        with imaplib.IMAP4_SSL(host, port["imaps"], ssl_context=ctx, timeout=10) as m:
+            try:
+                m.authenticate("XOAUTH2", lambda challenge: b"" if challenge else xoauth2("not-a-token"))
+            except imaplib.IMAP4.error as exc:
+                return f"token accepted; a wrong one refused ({str(exc)[:40]})"
+        raise AssertionError("a wrong token was accepted")
+
+    def submission_587_xoauth2():
+        tag = uuid.uuid4().hex
+        with smtplib.SMTP(host, port["submission"], timeout=10) as s:
+            s.starttls(context=ctx)
+            s.ehlo()
+            assert "XOAUTH2" in s.esmtp_features["auth"], s.esmtp_features["auth"]
+            token = idp_token()
+            code, resp = s.docmd("AUTH", "XOAUTH2 " + base64.b64encode(xoauth2(token)).decode())
+            assert code == 235, (code, resp)
+            s.sendmail(user, [user], message(tag))
+        return wait_delivered(tag)
+
     checks = [
         ("tls certificate verifies for both names", tls_names),
         ("smtp 587 STARTTLS+AUTH LOGIN delivers", submission_587),
@@ -358,6 +395,8 @@ def main() -> int:
         ("pop3 995 login", pop3s_995),
         ("pop3 110 STLS only", pop3_110_stls),
         ("imap IDLE sees new mail", imap_idle),
+        ("imap 993 XOAUTH2 with an IdP token", imaps_993_xoauth2),
+        ("smtp 587 XOAUTH2 with an IdP token delivers", submission_587_xoauth2),
     ]
     if "--control" in sys.argv[1:]:
         checks += [
