@@ -2,7 +2,7 @@
 """Tiny plaintext SMTP, IMAP and POP3 servers on 127.0.0.1 for the scale benchmark (bench/scale.py).
 
 They speak just enough of each protocol for mailmon's `smtp`, `imap` and `pop3` checks with `tls: none` to
-succeed (banner/EHLO/AUTH PLAIN/QUIT; greeting/CAPABILITY/LOGIN/SELECT/LOGOUT; greeting/USER/PASS/STAT/QUIT),
+succeed (banner/EHLO/AUTH PLAIN/QUIT; greeting/CAPABILITY/LOGIN/SELECT/LOGOUT; greeting/CAPA/USER/PASS/STAT/QUIT),
 as bare asyncio Protocols, so that the server side costs as little CPU as possible and mailmon is what is
 measured. Not a mail server, not a test fake: no TLS, no state, every login succeeds.
 
@@ -101,6 +101,8 @@ class Pop3(_LineProtocol):
 
     def answer(self, line: bytes) -> tuple[bytes, bool]:
         verb = line.split(b" ", 1)[0].upper()
+        if verb == b"CAPA":  # RFC 2449: a multi-line answer; USER says plain USER/PASS login is offered
+            return b"+OK Capability list follows\r\nUSER\r\n.\r\n", False
         if verb == b"STAT":
             return b"+OK 0 0\r\n", False
         if verb == b"QUIT":
