@@ -109,9 +109,10 @@ def fake_kind() -> Iterator[steps.Kind]:
 
 
 def test_a_new_kind_gets_its_phase_and_failure_series(fake_kind: steps.Kind) -> None:
-    """Metrics pre-creates the new kind's phases and every failure its stages can have."""
+    """Metrics pre-creates the new kind's phases and, with `failure_series: all`, every failure its stages can
+    have."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry, "test")
+    metrics = Metrics(registry, "test", failure_series="all")
     metrics.add_target(target("t", check("fake", tls_mode="implicit")))
     phases = {s.labels["phase"] for f in registry.collect() for s in f.samples
               if s.name == "mailmon_check_phase_duration_seconds"}
