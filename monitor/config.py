@@ -399,15 +399,7 @@ def _get(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], ke
 
 
 def _load_tls(reader: YamlReader, node: yaml.Node, path: str) -> TlsSettings:
-    entries = reader.mapping(node, path, ("ca_file", "server_name"))
-    ca_file = _get(reader, entries, "ca_file", path, reader.string, None)
-    if ca_file is not None:
-        if ca_file not in reader.ca_files:
-            reader.ca_files[ca_file] = _ca_file_problem(ca_file)
-        problem = reader.ca_files[ca_file]
-        if problem is not None:
-            reader.problem(entries["ca_file"][1], f"{path}.ca_file", problem)
-    return TlsSettings(ca_file=ca_file, server_name=_get(reader, entries, "server_name", path, reader.string, None))
+    return _load_tls_entries(reader, reader.mapping(node, path, ("ca_file", "server_name")), path)
 
 
 def _ca_file_problem(ca_file: str) -> str | None:

@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +19,9 @@ from monitor.config import DEFAULT_PORTS, Auth, CheckSettings, Secret, Target, T
 from monitor.result import Result
 from monitor.runner import Runner
 from tests import builders
+
+if TYPE_CHECKING:
+    from tests.lab_idp import Idp
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIL_LAB = ROOT / "scripts" / "mail-lab"
@@ -184,3 +189,21 @@ def mailmon_command(*args: str) -> list[str]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def idp(lab: Lab) -> Iterator[Idp]:
+    """The lab identity provider reset (no faults, default lifetimes, counters at zero) and no cached tokens in
+    this process, before and after the test."""
+    from monitor.signin import IDENTITIES
+    from tests.lab_idp import Idp as LabIdp  # lab_idp imports this module: import it when the fixture runs
+
+    idp = LabIdp(lab)
+    idp.control("reset")
+    IDENTITIES.clear()
+    try:
+        yield idp
+    finally:
+        IDENTITIES.clear()
+        IDENTITIES.clock = time.time
+        idp.control("reset")

@@ -11,14 +11,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
-from tests.conftest import Lab
 from tests.lab_idp import Idp
 
 pytestmark = pytest.mark.lab
@@ -26,14 +24,6 @@ pytestmark = pytest.mark.lab
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
-@pytest.fixture
-def idp(lab: Lab) -> Iterator[Idp]:
-    idp = Idp(lab)
-    idp.control("reset")
-    try:
-        yield idp
-    finally:
-        idp.control("reset")
 
 
 def post(idp: Idp, path: str, form: dict[str, str], basic: tuple[str, str] | None = None,

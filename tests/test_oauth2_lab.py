@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,20 +43,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def idp(lab: Lab) -> Iterator[Idp]:
-    """The lab IdP reset (no faults, default lifetimes, counters at zero) and no cached tokens, before and after."""
-    idp = Idp(lab)
-    idp.control("reset")
-    IDENTITIES.clear()
-    try:
-        yield idp
-    finally:
-        IDENTITIES.clear()
-        IDENTITIES.clock = time.time
-        idp.control("reset")
 
 
 def load(text: str) -> Config:

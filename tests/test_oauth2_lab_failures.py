@@ -10,13 +10,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from monitor.config import load_text
-from monitor.signin import IDENTITIES
 from monitor.verdict import classify_result, decide
 from tests.conftest import ROOT, Lab
 from tests.lab_idp import GRANTS, RECEIVE_AND_SEND, Idp, config_yaml, run_all, target_yaml
@@ -25,16 +23,6 @@ from tests.processes import Monitor, http_get, wait_for
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def idp(lab: Lab) -> Iterator[Idp]:
-    idp = Idp(lab)
-    idp.control("reset")
-    IDENTITIES.clear()
-    try:
-        yield idp
-    finally:
-        IDENTITIES.clear()
-        idp.control("reset")
 
 
 # fault -> (reason, words of the provider that must reach `detail`)

@@ -6,9 +6,7 @@ each protocol writes and an identity provider that repeats the request in its er
 from __future__ import annotations
 
 import base64
-import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from monitor.config import load_text
 from monitor.errors import ProbeError
 from monitor.result import Result
 from monitor.runner import Runner
-from monitor.signin import IDENTITIES
 from monitor.signin.endpoint import post_form
 from tests.conftest import Lab
 from tests.fakes.token_endpoint import Reply, TokenEndpoint
@@ -62,17 +59,6 @@ async def test_a_basic_auth_secret_is_scrubbed_too() -> None:
 
 # --- transcripts against the real lab -------------------------------------------------------------------------------
 
-@pytest.fixture
-def idp(lab: Lab) -> Iterator[Idp]:
-    idp = Idp(lab)
-    idp.control("reset")
-    IDENTITIES.clear()
-    try:
-        yield idp
-    finally:
-        IDENTITIES.clear()
-        IDENTITIES.clock = time.time
-        idp.control("reset")
 
 
 # What each protocol's client lines look like where the token goes: SMTP and IMAP (SASL-IR, which Dovecot offers)
