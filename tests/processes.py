@@ -18,7 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, mailmon_command
+import yaml
+
+from tests.conftest import ROOT, free_port, mailmon_command
 from tests.tools import tool
 
 
@@ -139,6 +141,18 @@ class Daemon:
     def stop(self) -> None:
         terminate(self.process)
         self.log.close()
+
+
+def fast_rules(tmp: Path) -> Path:
+    """The shipped rules with every alert's `for:` cut to 5 s, so a test sees firing alerts in seconds."""
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "mailmon.rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule and "for" in rule:
+                rule["for"] = "5s"
+    path = tmp / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
 
 
 def start_prometheus(tmp: Path, scrape: list[str], rule_files: list[Path],

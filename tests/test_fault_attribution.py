@@ -16,7 +16,16 @@ import yaml
 
 from tests import builders
 from tests.conftest import ROOT, Lab
-from tests.processes import Monitor, WebhookSink, http_get, query, start_alertmanager, start_prometheus, wait_for
+from tests.processes import (
+    Monitor,
+    WebhookSink,
+    fast_rules,
+    http_get,
+    query,
+    start_alertmanager,
+    start_prometheus,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
 
@@ -111,18 +120,6 @@ def test_broken_resolver_is_a_vantage_fault(vantage: tuple[Monitor, Path]) -> No
     wait_for(lambda: monitor.verdict("lab") == "ok", "the verdict to return to ok", limit=2 * INTERVAL + 10)
 
 
-def _fast_rules(tmp: Path) -> Path:
-    """The shipped rules with every alert's `for:` cut to 5 s, so a test sees firing alerts in seconds."""
-    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "mailmon.rules.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if "alert" in rule and "for" in rule:
-                rule["for"] = "5s"
-    path = tmp / "rules.yml"
-    path.write_text(yaml.safe_dump(rules))
-    return path
-
-
 def _routed_alertmanager(tmp: Path, sink: WebhookSink) -> Path:
     """The shipped Alertmanager config with its webhook receivers pointed at the test's sink, and quick timers."""
     config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
@@ -151,7 +148,7 @@ def test_prometheus_tells_site_fault_from_server_outage(tmp_path: Path, healthy_
     # West's path to the SMTP port is broken: it reaches a port where nothing listens.
     west = Monitor(_config(tmp_path, healthy_lab, "west", smtp_port=2587, roundtrip=False), tmp_path / "west.log")
     alertmanager, am_url = start_alertmanager(tmp_path, _routed_alertmanager(tmp_path, sink))
-    prometheus, prom_url = start_prometheus(tmp_path, [east.listen, west.listen], [_fast_rules(tmp_path)],
+    prometheus, prom_url = start_prometheus(tmp_path, [east.listen, west.listen], [fast_rules(tmp_path)],
                                             am_url.removeprefix("http://"))
     try:
         scope = 'target_check_via:mailmon_check_success:failure_scope{target="lab",check="smtp"}'

@@ -15,7 +15,7 @@ from monitor.config import ConfigError, load_text
 from monitor.metrics import Metrics
 from monitor.result import Result
 from monitor.verdict import classify_result, decide, describe
-from tests.conftest import MAIL_LAB, ROOT, Lab
+from tests.conftest import ROOT, Lab
 
 _TARGET = """vantage: v
 probe_key: {{env: K}}
@@ -119,14 +119,11 @@ targets:
 
 @pytest.fixture
 def ipv6_down(lab: Lab) -> Iterator[None]:
-    def fault(state: str) -> None:
-        done = subprocess.run([str(MAIL_LAB), "fault", "ipv6", state], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-    fault("on")
+    lab.control("fault", "ipv6", "on")
     try:
         yield
     finally:
-        fault("off")
+        lab.control("fault", "ipv6", "off")
 
 
 @pytest.mark.lab

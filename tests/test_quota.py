@@ -20,7 +20,7 @@ from monitor.result import Result
 from monitor.runner import Runner
 from monitor.verdict import classify_result, decide
 from tests import builders
-from tests.conftest import MAIL_LAB, Lab
+from tests.conftest import Lab
 
 
 @pytest.mark.parametrize(("code", "message", "reason"), [
@@ -185,15 +185,11 @@ def test_summary_names_a_nearly_full_mailbox(lab: Lab) -> None:
 @pytest.fixture
 def quota_late(lab: Lab) -> Iterator[None]:
     """Postfix without the quota policy at RCPT: a full mailbox is noticed only by Dovecot's LMTP, after `250`."""
-    def fault(state: str) -> None:
-        done = subprocess.run([str(MAIL_LAB), "fault", "quota-late", state], capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-    fault("on")
+    lab.control("fault", "quota-late", "on")
     try:
         yield
     finally:
-        fault("off")
+        lab.control("fault", "quota-late", "off")
 
 
 @pytest.mark.lab
@@ -217,14 +213,13 @@ async def test_lmtp_over_quota_bounce_fails_the_round_trip_as_mailbox_full(
 @pytest.mark.lab
 async def test_probe_lost_with_room_in_the_mailbox_stays_not_delivered(lab: Lab, empty_full_mailbox: None) -> None:
     """A held probe (queue, not quota) with quota to spare is still not_delivered: the quota alone never blames."""
-    done = subprocess.run([str(MAIL_LAB), "fault", "hold", "on"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    lab.control("fault", "hold", "on")
     try:
         config = _config(lab, "smtp: {port: 587, tls: starttls}", "imap: {port: 993, tls: implicit}",
                          "roundtrip: {via: imap, timeout: 6s}")
         result = await _run(config, "roundtrip:imap")
     finally:
-        subprocess.run([str(MAIL_LAB), "fault", "hold", "off"], capture_output=True, text=True, timeout=60)
+        lab.control("fault", "hold", "off")
     assert (result.stage, result.reason) == ("delivery", "not_delivered"), result.detail
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Lab, free_port
-from tests.processes import Daemon, Monitor, http_get, query, wait_for
+from tests.processes import Daemon, Monitor, fast_rules, http_get, query, wait_for
 from tests.tools import tool
 
 pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
@@ -26,18 +26,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.prometheus]
 SHARDS = 2
 TARGETS = [f"mx{i:02d}.lab.test" for i in range(1, 41)]
 INTERVAL = 3  # seconds between scrapes (probes) of each target
-
-
-def _fast_rules(tmp: Path) -> Path:
-    """The shipped rules with every alert's `for:` cut to 5 s, so the test sees firing alerts in seconds."""
-    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "mailmon.rules.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if "alert" in rule and "for" in rule:
-                rule["for"] = "5s"
-    path = tmp / "rules.yml"
-    path.write_text(yaml.safe_dump(rules))
-    return path
 
 
 def _agent_config(tmp: Path, shard: int, mailmon: str, sd: Path, central: str) -> Path:
@@ -80,7 +68,7 @@ def sharded(lab: Lab, tmp_path: Path) -> Iterator[tuple[list[Monitor], str]]:
         started += monitors
         central_config = tmp_path / "central.yml"
         central_config.write_text(json.dumps({"global": {"evaluation_interval": "1s"},
-                                              "rule_files": [str(_fast_rules(tmp_path))]}))
+                                              "rule_files": [str(fast_rules(tmp_path))]}))
         listen = f"127.0.0.1:{free_port()}"
         central = f"http://{listen}"
         started.append(Daemon([prometheus, f"--config.file={central_config}", "--web.enable-remote-write-receiver",
