@@ -3,7 +3,8 @@
 Exit codes: 0 fine; 2 configuration error (every command). `auth login`: 0 the refresh token is stored, 2 it is not
 (configuration, declined or expired sign-in), 130 interrupted (Ctrl-C) before it was.
 `check` follows Nagios: 2 CRITICAL (a check failed), 3 UNKNOWN (nothing to check, or the monitor itself failed).
-`diagnose`: 1 the fault is on this side, 2 on the server side, 3 cannot tell (see monitor/diagnose.py).
+`diagnose`: 1 the fault is on this side, 2 on the server side, 3 cannot tell, 4 the login is refused here and at the
+monitor (credentials, not an outage; see monitor/diagnose.py).
 """
 
 from __future__ import annotations

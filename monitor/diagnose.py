@@ -3,7 +3,8 @@
 Exit codes: 0 everything works from here; 1 the fault is on this side (this machine or its network path: the
 monitor passes the same check); 2 the fault is on the server side (the monitor fails the same check too);
 3 cannot tell (the monitor is unreachable, has no recent result for a failing check, is itself faulty, or the
-evidence is mixed).
+evidence is mixed); 4 the server is up but refuses the login (the credentials or the sign-in, here and at the
+monitor alike): the account's owner has work to do, not the server's team.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from monitor.runner import Runner
 
 __all__ = ["diagnose", "diagnose_client_error"]
 
-FINE, CLIENT_SIDE, SERVER_SIDE, UNKNOWN = 0, 1, 2, 3
+FINE, CLIENT_SIDE, SERVER_SIDE, UNKNOWN, CREDENTIALS = 0, 1, 2, 3, 4
+# Failures that say the server answered and refused who we are (RFC 4954 535 5.7.8, IMAP NO [AUTHENTICATIONFAILED],
+# POP3 -ERR [AUTH]; a login mechanism switched off by policy), or that the sign-in at the identity provider failed.
+# Seen here and at the monitor alike they are an account problem, never an outage: a temporary authentication
+# failure (454 4.7.0, [UNAVAILABLE]) or a timeout at `auth` is the server's and stays "server side".
+_CREDENTIAL_REASONS = frozenset({"auth_rejected", "auth_disabled"})
 _PROTOCOL = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "roundtrip": "The round trip"}
 # A monitor result older than this many of its check's intervals is too old to vouch for the server.
 _FRESH_INTERVALS = 3.0
@@ -80,8 +86,16 @@ def judge(result: Result, remote: dict[str, Any] | None, interval: float) -> Fin
     if row.get("ok"):
         return Finding(CLIENT_SIDE, f"{local}. The monitor at {vantage} passed the same check {_ago(age)}. "
                                     "The server is healthy: the fault is on this machine or its network path.")
+    if _refuses_who(result.stage, result.reason) and _refuses_who(row.get("stage"), row.get("reason")):
+        return Finding(CREDENTIALS, f"{local}. The monitor at {vantage} fails the same way ({row.get('stage')}/"
+                                    f"{row.get('reason')}, {_ago(age)}): the server answers but refuses the login. "
+                                    "Not an outage: check the account's password, token or sign-in settings.")
     return Finding(SERVER_SIDE, f"{local}. The monitor at {vantage} fails it too ({row.get('stage')}/"
                                 f"{row.get('reason')}, {_ago(age)}): the fault is on the server side.")
+
+
+def _refuses_who(stage: object, reason: object) -> bool:
+    return stage == "token" or (stage == "auth" and reason in _CREDENTIAL_REASONS)
 
 
 def conclude(findings: list[Finding]) -> int:
@@ -127,7 +141,9 @@ async def diagnose(config: Config, monitor_url: str | None, only_target: str | N
     code = conclude(findings)
     print({CLIENT_SIDE: "Conclusion: the fault is on this side (this machine or its network path).",
            SERVER_SIDE: "Conclusion: the fault is on the server side.",
-           UNKNOWN: "Conclusion: cannot tell from here."}[code], file=out)
+           UNKNOWN: "Conclusion: cannot tell from here.",
+           CREDENTIALS: "Conclusion: the server refuses the login (credentials or sign-in), not an outage."}[code],
+          file=out)
     return code
 
 

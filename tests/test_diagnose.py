@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from monitor.diagnose import CLIENT_SIDE, CREDENTIALS, SERVER_SIDE, judge
 from tests import builders
 from tests.conftest import Lab, mailmon_command
 from tests.processes import Monitor, wait_for
-
-pytestmark = pytest.mark.lab
 
 
 def _config(tmp: Path, lab: Lab, name: str, smtp_port: int = 587, listen: str = "127.0.0.1:9") -> Path:
@@ -39,6 +38,7 @@ def _diagnose(config: Path, monitor_url: str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.lab
 def test_all_fine_exits_0(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """With everything working here, diagnose says so and exits 0."""
     done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
@@ -46,6 +46,7 @@ def test_all_fine_exits_0(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     assert "every check works from this machine" in done.stdout
 
 
+@pytest.mark.lab
 def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor,
                                     refused_ports: Callable[[], int]) -> None:
     """This machine cannot reach SMTP (a closed port) while the monitor submits fine: exit 1, client side."""
@@ -56,6 +57,7 @@ def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor,
     assert "the fault is on this machine or its network path" in done.stdout
 
 
+@pytest.mark.lab
 def test_smtp_down_for_both_is_server_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """SMTP stopped on the server fails here and at the monitor: exit 2, server side."""
     lab.control("fault", "smtp", "on")
@@ -65,6 +67,7 @@ def test_smtp_down_for_both_is_server_side(tmp_path: Path, lab: Lab, monitor: Mo
     assert "the fault is on the server side" in done.stdout
 
 
+@pytest.mark.lab
 def test_unreachable_monitor_cannot_tell(tmp_path: Path, lab: Lab, refused_ports: Callable[[], int]) -> None:
     """A local failure with no monitor to ask: exit 3, cannot tell."""
     done = _diagnose(_config(tmp_path, lab, "laptop", smtp_port=refused_ports()),
@@ -73,8 +76,44 @@ def test_unreachable_monitor_cannot_tell(tmp_path: Path, lab: Lab, refused_ports
     assert "could not be reached" in done.stdout
 
 
+@pytest.mark.lab
 def test_transcript_is_shown_without_the_password(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """The verbose transcript shows the dialogue but never the password."""
     done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
     assert "C: EHLO" in done.stdout and "AUTH PLAIN ********" in done.stdout
     assert lab.password not in done.stdout
+
+
+@pytest.mark.lab
+def test_password_refused_for_both_is_not_server_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
+    """The server refuses the probe account's password here and at the monitor: exit 4, never "server side"."""
+    lab.control("fault", "auth", "on")
+    wait_for(lambda: monitor.verdict("lab") == "auth_failed", "the monitor to see the login refused", limit=20)
+    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "refuses the login" in done.stdout and "Not an outage" in done.stdout
+    assert "server side" not in done.stdout
+
+
+def _remote(stage: str, reason: str) -> dict[str, object]:
+    return {"vantage": "dc", "vantage_healthy": True,
+            "row": {"ok": False, "stage": stage, "reason": reason, "age_seconds": 1.0}}
+
+
+def test_temporary_auth_failure_for_both_stays_server_side() -> None:
+    """454 4.7.0 (the server's authentication service is down) at both places is the server's fault: exit 2."""
+    local = builders.result("lab", "smtp", stage="auth", reason="reply_4xx")
+    assert judge(local, _remote("auth", "reply_4xx"), 60.0).code == SERVER_SIDE
+
+
+def test_sign_in_failing_for_both_is_credentials() -> None:
+    """The identity provider refuses the monitor's client here and there: the sign-in, exit 4."""
+    local = builders.result("lab", "imap", stage="token", reason="auth_rejected")
+    assert judge(local, _remote("token", "auth_rejected"), 60.0).code == CREDENTIALS
+
+
+def test_password_refused_here_only_is_client_side() -> None:
+    """A wrong password only in this machine's configuration, the monitor passing: this side, exit 1."""
+    local = builders.result("lab", "imap", stage="auth", reason="auth_rejected")
+    remote = {"vantage": "dc", "vantage_healthy": True, "row": {"ok": True, "age_seconds": 1.0}}
+    assert judge(local, remote, 60.0).code == CLIENT_SIDE
