@@ -33,6 +33,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- the machine and the lab ------------------------------------------------------------------------------------
 
+def observe_results(app: Any, observed: Any) -> None:
+    """Have `observed(result)` see every Result a monitor App records, on this checkout's App (its recorder) and on
+    an older revision's (its runner's sink list, `--before`)."""
+    recorder = getattr(app, "recorder", None)
+    if recorder is None:
+        app.runner.sinks.append(observed)
+        return
+    record = recorder.record
+
+    def both(result: Any) -> None:
+        record(result)
+        observed(result)
+
+    recorder.record = both
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     with open("/proc/cpuinfo") as f:

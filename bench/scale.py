@@ -52,6 +52,7 @@ from benchlib import (  # noqa: E402
     http_get,
     machine_line,
     median,
+    observe_results,
     pct,
     print_profile,
     proc_cpu,
@@ -109,7 +110,7 @@ async def child_main(args: argparse.Namespace) -> None:
     def observed_result(result: Result) -> None:  # one more sink: when each run ended, how long it said it took
         results.append((loop.time(), result.check, result.duration_seconds, result.ok))
 
-    app.runner.sinks.append(observed_result)
+    observe_results(app, observed_result)
     stalls: list[tuple[float, float]] = []
 
     async def ticker() -> None:

@@ -294,6 +294,10 @@ class Metrics:
             self._render_quota(owner, state, result.quota)
         if result.via and result.ok and "delivery" in result.phases:
             self._observe_roundtrip(result.target, result.via, result.phases["delivery"])
+        for via, count in result.late.items():  # what the run's sweep found (roundtrip.py)
+            self.record_late(result.target, via, count)
+        if result.swept:
+            self.record_swept(result.target, result.swept)
 
     def set_verdict(self, target: str, current: str) -> None:
         """Exactly one verdict series of the target reads 1 (re-rendered only when the verdict changes)."""
