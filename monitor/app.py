@@ -12,10 +12,11 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from monitor import config as config_module
-from monitor import resources, selfcheck
+from monitor import resources
 from monitor.authres import LoopCollector
+from monitor.background import Selfcheck, follow_calendars
 from monitor.changes import ChangeCalendars
-from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
+from monitor.config import Config, ConfigError, Target
 from monitor.discovery import Discovery
 from monitor.history import History
 from monitor.metrics import Metrics
@@ -23,7 +24,6 @@ from monitor.mx import MxCollector
 from monitor.ondemand import OnDemand
 from monitor.probes import probes_for
 from monitor.recorder import Recorder
-from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
 from monitor.scheduler import Scheduler
 from monitor.signin import IDENTITIES
@@ -36,14 +36,8 @@ __all__ = ["App"]
 
 log = logging.getLogger(__name__)
 
-# The pseudo-target name under which the vantage's selfcheck appears in logs and history.
-SELFCHECK_TARGET = "_vantage"
-_SELFCHECK_DEBOUNCE = 1.0
 _MIN_SPREAD = 5.0
 _SPREAD_PER_CHECK = 0.01
-# Change calendars: files are looked at this often; window edges are met on time whatever this is.
-_CHANGES_RECHECK = 30.0
-_CHANGES_MIN_WAIT = 0.05
 # targets_from files are looked at this often (size and mtime; a changed file is re-read).
 _DISCOVERY_RECHECK = 5.0
 # How long a thread may hold the GIL while another waits for it. The loop times the probes; the HTTP side's threads
@@ -85,10 +79,10 @@ class App:
         self._add_identities(config)
         self.history: History | None = None
         self._selfcheck_task: asyncio.Task[None] | None = None
-        self._selfcheck_now = asyncio.Event()
+        self.selfcheck = Selfcheck(lambda: self.config, lambda result: self.recorder.record_selfcheck(result))
         # Every Result goes through the recorder: verdict, metrics, log, history, in that order (monitor/recorder.py).
         self.recorder = Recorder(self.metrics, self.board, self.loops, self.mx_hosts, self.on_demand,
-                                 wake_selfcheck=self._selfcheck_now.set)
+                                 wake_selfcheck=self.selfcheck.wake)
         self.recorder.follow(config)
         self.runner = Runner(config.vantage, self.recorder, probes=probes_for(config))
         self.scheduler: Scheduler | None = None
@@ -113,7 +107,8 @@ class App:
             self._add_identities(self.config)
             self.runner.probes = probes_for(self.config)
             self.recorder.follow(self.config)
-        self._bound_http()
+        self.http.max_connections = _http_cap(self.max_connections, self.config.concurrency)
+        self.metrics.record_http_cap(self.http.max_connections)
         host, port = config_module.parse_listen(self.listen)
         await self.http.start(host, port, tls=self.web.tls)
         checks = sum(len(t.checks) for t in self.config.targets)
@@ -127,9 +122,9 @@ class App:
             self.metrics.add_target(target)
         for target in self.config.targets:
             self.scheduler.add(target)
-        self._selfcheck_task = asyncio.create_task(self._selfcheck_loop(), name="selfcheck")
+        self._selfcheck_task = asyncio.create_task(self.selfcheck.loop(), name="selfcheck")
         if self.config.changes:
-            self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
+            self._follow_calendars()
         self._discovery_task = asyncio.create_task(self._discovery_loop(), name="targets_from")
         self.metrics.record_reload(True, time.time())
         if self._discovery_problems:
@@ -140,17 +135,6 @@ class App:
         gc.freeze()
         log.info("mailmon started", extra={"fields": {"vantage": self.config.vantage, "listen": self.listen,
                                                       "targets": len(self.config.targets)}})
-
-    def _bound_http(self) -> None:
-        """Cap HTTP connections below RLIMIT_NOFILE, keeping the probes' reserve; warn when the cap had to shrink."""
-        limit = resources.nofile_limit()
-        cap, lowered = resources.http_connection_cap(self.max_connections, self.config.concurrency, limit)
-        if lowered:
-            log.warning("descriptor limit too low for the HTTP connection cap: lowered to keep the probes' reserve",
-                        extra={"fields": {"nofile": limit, "max_connections": self.max_connections, "cap": cap,
-                                          "probe_reserve": resources.probe_reserve(self.config.concurrency)}})
-        self.http.max_connections = cap
-        self.metrics.record_http_cap(cap)
 
     async def stop(self) -> None:
         for task in (self._selfcheck_task, self._changes_task, self._discovery_task):
@@ -169,13 +153,7 @@ class App:
         async with self._reload_lock:
             try:
                 new = await asyncio.to_thread(config_module.load, self.config_path)
-                if new.vantage != self.config.vantage:
-                    raise ConfigError([f"{self.config_path}: vantage cannot change while running "
-                                       f"({self.config.vantage!r} -> {new.vantage!r}): restart instead"])
-                if new.failure_series != self.config.failure_series:
-                    raise ConfigError([f"{self.config_path}: metrics.failure_series cannot change while running "
-                                       f"({self.config.failure_series!r} -> {new.failure_series!r}): restart "
-                                       "instead"])
+                _reloadable(self.config, new, self.config_path)
             except ConfigError as exc:
                 self.metrics.record_reload(False, time.time())
                 log.error("reload failed, keeping the running configuration", extra={"fields": {"errors": str(exc)}})
@@ -188,47 +166,6 @@ class App:
                 self.metrics.record_reload(False, time.time())  # a targets_from file is bad: say so here too
             log.info("configuration reloaded", extra={"fields": {"targets": len(new.targets)}})
             return True
-
-    async def _selfcheck_loop(self) -> None:
-        while True:
-            await self.run_selfcheck()
-            try:
-                await asyncio.wait_for(self._selfcheck_now.wait(), self.config.selfcheck.interval)
-                await asyncio.sleep(_SELFCHECK_DEBOUNCE)
-            except TimeoutError:
-                pass
-            self._selfcheck_now.clear()
-
-    async def run_selfcheck(self) -> Result:
-        """Check this vantage's own health once and let every target's verdict follow it."""
-        settings = self.config.selfcheck
-        config = self.config
-
-        async def selfcheck_probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
-            await selfcheck.probe(ctx, config, settings)
-
-        check = CheckSettings(name="selfcheck", port=0, tls_mode="none", interval=settings.interval,
-                              timeout=settings.timeout)
-        target = Target(name=SELFCHECK_TARGET, host="", tls=TlsSettings(), auth=None, checks=(check,))
-        result = await Runner(config.vantage, probes={"selfcheck": selfcheck_probe}).execute(target, check)
-        self.recorder.record_selfcheck(result)
-        return result
-
-    async def _changes_loop(self) -> None:
-        """Keep the change-window series true: at every window edge, and every 30 s to notice edited files."""
-        while True:
-            problems = await asyncio.to_thread(self.calendars.refresh)
-            if problems:
-                # The last good copy stays in force, as a failed reload keeps the last good configuration.
-                self.metrics.record_reload(False, time.time())
-            now = time.time()
-            active = self.calendars.active(now)
-            next_starts = self.calendars.next_starts(now)
-            self.metrics.record_changes(self.calendars.changes(), {(w.calendar, w.change) for w in active},
-                                        next_starts)
-            edges = [w.end for w in active] + list(next_starts.values())
-            wait = min([_CHANGES_RECHECK, *(edge - now for edge in edges)])
-            await asyncio.sleep(max(_CHANGES_MIN_WAIT, wait))
 
     def _discovered(self, config: Config, force: bool = False) -> Config:
         """`config` with the targets of its `targets_from` files added (problems are logged; a bad file keeps
@@ -255,6 +192,10 @@ class App:
                     await self._apply(fresh)
                     log.info("targets_from changed", extra={"fields": {"targets": len(fresh.targets)}})
 
+    def _follow_calendars(self) -> None:
+        self._changes_task = asyncio.create_task(follow_calendars(self.calendars, self.metrics),
+                                                 name="change calendars")
+
     def _add_identities(self, config: Config) -> None:
         """Token series for every OAuth2 identity; identities no longer configured are forgotten (an unchanged one
         keeps its cached token across a reload)."""
@@ -275,7 +216,7 @@ class App:
             self.calendars = ChangeCalendars(new.changes)
             if self._changes_task is not None:
                 self._changes_task.cancel()
-            self._changes_task = asyncio.create_task(self._changes_loop(), name="change calendars")
+            self._follow_calendars()
         old: dict[str, Target] = {t.name: t for t in self.config.targets}
         fresh: dict[str, Target] = {t.name: t for t in new.targets}
         for name, target in old.items():
@@ -288,3 +229,23 @@ class App:
                 self.scheduler.add(target)
         self.config = new
 
+
+def _reloadable(old: Config, new: Config, path: str) -> None:
+    """ConfigError when `new` changes what only a restart may change."""
+    if new.vantage != old.vantage:
+        raise ConfigError([f"{path}: vantage cannot change while running ({old.vantage!r} -> {new.vantage!r}): "
+                           "restart instead"])
+    if new.failure_series != old.failure_series:
+        raise ConfigError([f"{path}: metrics.failure_series cannot change while running "
+                           f"({old.failure_series!r} -> {new.failure_series!r}): restart instead"])
+
+
+def _http_cap(max_connections: int, concurrency: int) -> int:
+    """The HTTP connection cap below RLIMIT_NOFILE, keeping the probes' reserve; warns when it had to shrink."""
+    limit = resources.nofile_limit()
+    cap, lowered = resources.http_connection_cap(max_connections, concurrency, limit)
+    if lowered:
+        log.warning("descriptor limit too low for the HTTP connection cap: lowered to keep the probes' reserve",
+                    extra={"fields": {"nofile": limit, "max_connections": max_connections, "cap": cap,
+                                      "probe_reserve": resources.probe_reserve(concurrency)}})
+    return cap

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from monitor.changes import ChangeCalendars
+from monitor.history import History
 from monitor.ondemand import ProbeRefused, ProbeRequest, deadline, parse_request
 from monitor.web.budget import DutyCycle
 from monitor.web.page import render as render_page
@@ -152,21 +154,9 @@ class Routes:
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
         calendars = self.app.calendars
-
-        def page() -> Response:  # query and encode in the web pool: a 1,000-row page is ~10 ms of CPU to encode
-            rows = history.query(**params)
-            more = len(rows) == params["limit"]
-            windows = []
-            if rows:
-                times = [float(row["started_at"]) for row in rows]
-                # The windows of the page's time span, beside the rows: rows keep the fields `mailmon history
-                # --json` prints.
-                windows = calendars.windows(min(times), max(times) + 1.0)
-            return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
-                          "change_windows": [w.as_json() for w in windows]})
-
-        # One page at a time, and no more than the duty cycle's share of time: encoding holds the GIL the probes need.
-        return await self._bulk.run(lambda: self._off_loop(page))
+        # In the web pool (a 1,000-row page is ~10 ms of CPU to encode), one page at a time, and no more than the
+        # duty cycle's share of time: encoding holds the GIL the probes need.
+        return await self._bulk.run(lambda: self._off_loop(_history_page, history, calendars, params))
 
     async def index(self, request: Request) -> Response:
         source = self.source()
@@ -204,6 +194,19 @@ class Routes:
 
         return Response(body=await self._bulk.run(lambda: self._off_loop(page)),
                         content_type="text/html; charset=utf-8")
+
+
+def _history_page(history: History, calendars: ChangeCalendars, params: dict[str, Any]) -> Response:
+    """One /api/history page: the rows, the next page's `before_id`, and the change windows of its time span."""
+    rows = history.query(**params)
+    more = len(rows) == params["limit"]
+    windows = []
+    if rows:
+        times = [float(row["started_at"]) for row in rows]
+        # Beside the rows, not in them: rows keep the fields `mailmon history --json` prints.
+        windows = calendars.windows(min(times), max(times) + 1.0)
+    return _json({"rows": rows, "next_before_id": rows[-1]["id"] if rows and more else None,
+                  "change_windows": [w.as_json() for w in windows]})
 
 
 def _param(query: dict[str, list[str]], name: str) -> str | None:
