@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine_line, median, pct  # noqa: E402
+from benchlib import loop_lateness, machine_line, median, monitor_of, pct  # noqa: E402
 
 
 def _transcript(lines: int, i: int) -> list[str]:
@@ -81,14 +81,7 @@ async def child_main(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{app.http.port}/api/status"
     loop = asyncio.get_running_loop()
     ticks: list[tuple[float, float]] = []
-
-    async def ticker() -> None:
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(0.005)
-            ticks.append((t0, loop.time() - t0 - 0.005))
-
-    tick_task = asyncio.create_task(ticker())
+    tick_task = asyncio.create_task(loop_lateness(ticks, 0.005))
     await asyncio.sleep(args.idle)
     idle = [lag for _, lag in ticks]
     ticks.clear()
@@ -143,12 +136,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mailmon-status-") as tmp:
         runs = [("after (this checkout)", "")]
         if args.before:
-            before = Path(tmp) / "before"
-            before.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "monitor"], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-            runs.insert(0, (f"before ({args.before})", str(before)))
+            runs.insert(0, (f"before ({args.before})", str(monitor_of(args.before, Path(tmp)))))
         for label, code in runs:
             command = [sys.executable, __file__, "--child", "--targets", str(args.targets), "--requests",
                        str(args.requests), "--lines", str(args.lines), "--idle", str(args.idle), "--code", code]
