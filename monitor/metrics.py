@@ -165,7 +165,7 @@ class Metrics:
             self.series.render_quota(owner, state, result.quota)
         if result.via and result.ok and "delivery" in result.phases:
             self._observe_roundtrip(result.target, result.via, result.phases["delivery"])
-        for via, count in result.late.items():  # what the run's sweep found (roundtrip.py)
+        for via, count in result.late:  # what the run's sweep found (roundtrip.py)
             self.record_late(result.target, via, count)
         if result.swept:
             self.record_swept(result.target, result.swept)

@@ -104,7 +104,7 @@ class Runner:
             stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
             tls=ctx.tls, transcript=ctx.transcript, via=check.via, queue_id=ctx.queue_id, message_id=ctx.message_id,
             quota=ctx.quota, ip_family=check.ip_family, auth_results=ctx.auth_results, hops=ctx.hops,
-            hop_delays=ctx.hop_delays, late=dict(ctx.late), swept=ctx.swept, mx_hosts=ctx.mx_hosts,
+            hop_delays=ctx.hop_delays, late=tuple(ctx.late.items()), swept=ctx.swept, mx_hosts=ctx.mx_hosts,
         )
 
 

@@ -52,7 +52,7 @@ def test_result_of_an_unconfigured_check_is_dropped() -> None:
 
 def test_late_and_swept_counts_of_a_result_reach_the_target_series() -> None:
     recorder = _recorder(_CONFIG.format(history="h.sqlite", slow=""))
-    recorder.record(result("stay", "smtp", late={"imap": 2}, swept=3))
+    recorder.record(result("stay", "smtp", late=(("imap", 2),), swept=3))
     text = recorder.metrics.exposition().decode()
     assert 'mailmon_roundtrip_late_total{target="stay",vantage="test",via="imap"} 2.0' in text
     assert 'mailmon_roundtrip_swept_total{target="stay",vantage="test"} 3.0' in text
