@@ -8,6 +8,7 @@ Not a test module and not part of mailmon. `python bench/benchlib.py sniff ...` 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import json
 import math
@@ -32,6 +33,43 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the machine and the lab ------------------------------------------------------------------------------------
+
+def monitor_of(ref: str, directory: Path) -> Path:
+    """monitor/ of git REF unpacked into `directory`/before (for --before: an older revision driven by the same
+    harness, ahead of this checkout on sys.path)."""
+    before = directory / "before"
+    before.mkdir()
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", ref, "monitor"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+    return before
+
+
+async def loop_lateness(into: list[tuple[float, float]], period: float) -> None:
+    """Sleep `period` seconds again and again on the running loop, noting (when, how late it woke): a stalled
+    loop wakes late, and every probe's timing with it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(period)
+        into.append((t0, loop.time() - t0 - period))
+
+
+def observe_results(app: Any, observed: Any) -> None:
+    """Have `observed(result)` see every Result a monitor App records, on this checkout's App (its recorder) and on
+    an older revision's (its runner's sink list, `--before`)."""
+    recorder = getattr(app, "recorder", None)
+    if recorder is None:
+        app.runner.sinks.append(observed)
+        return
+    record = recorder.record
+
+    def both(result: Any) -> None:
+        record(result)
+        observed(result)
+
+    recorder.record = both
+
 
 def machine() -> dict[str, str]:
     model = "unknown"

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine_line, median, pct, proc_status_kb, stop  # noqa: E402
+from benchlib import machine_line, median, observe_results, pct, proc_status_kb, stop  # noqa: E402
 
 PHASES = ("idle", "slow", "history")
 
@@ -74,7 +74,7 @@ async def child_main(args: argparse.Namespace) -> None:
     def observed_result(result: Result) -> None:
         durations.append((time.monotonic(), result.duration_seconds, result.ok))
 
-    app.runner.sinks.append(observed_result)
+    observe_results(app, observed_result)
     done = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
     await app.start()

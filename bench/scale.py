@@ -50,8 +50,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from benchlib import (  # noqa: E402
     http_get,
+    loop_lateness,
     machine_line,
     median,
+    monitor_of,
+    observe_results,
     pct,
     print_profile,
     proc_cpu,
@@ -109,14 +112,8 @@ async def child_main(args: argparse.Namespace) -> None:
     def observed_result(result: Result) -> None:  # one more sink: when each run ended, how long it said it took
         results.append((loop.time(), result.check, result.duration_seconds, result.ok))
 
-    app.runner.sinks.append(observed_result)
+    observe_results(app, observed_result)
     stalls: list[tuple[float, float]] = []
-
-    async def ticker() -> None:
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(0.01)
-            stalls.append((t0, loop.time() - t0 - 0.01))
 
     collections: list[tuple[float, int, float]] = []  # (when, generation, seconds) of every garbage collection
     gc_started: list[float] = [0.0]
@@ -132,7 +129,7 @@ async def child_main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     started = loop.time()
     await app.start()
-    tick = asyncio.create_task(ticker())
+    tick = asyncio.create_task(loop_lateness(stalls, 0.01))
     print(json.dumps({"started": started}), flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.max_seconds)
@@ -434,12 +431,7 @@ def main() -> int:
         workdir = Path(tmp) if not args.profile else Path(tempfile.mkdtemp(prefix="mailmon-scale-prof-"))
         codes = [""]
         if args.before:
-            before = Path(tmp) / "before"
-            before.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "monitor"], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-            codes.insert(0, str(before))
+            codes.insert(0, str(monitor_of(args.before, Path(tmp))))
             print(f"before: monitor/ of {args.before} ({revision(args.before)}); after: this checkout "
                   f"({revision('HEAD')}, plus uncommitted changes if any)")
         for n in sizes:

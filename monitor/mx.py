@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from monitor.errors import ProbeError
 
-__all__ = ["STATE", "MxAnswer", "MxCollector", "MxHost", "MxSpec", "MxState", "resolve_mx"]
+__all__ = ["MxAnswer", "MxCollector", "MxHost", "MxSpec", "MxState", "resolve_mx"]
 
 _MIN_TTL = 1.0
 _MAX_TTL = 3600.0
@@ -155,7 +155,10 @@ class _TargetState:
 
 
 class MxState:
-    """The latest per-MX outcome of each MX target, for `MxCollector` (bounded: the domain's MX records)."""
+    """The latest per-MX outcome of each MX target, for `MxCollector` (bounded: the domain's MX records).
+
+    One per monitor (its `MxCollector` holds it): the probe puts the outcomes on the Result and the monitor's
+    recorder sets them here, so two monitors in one process (tests) never see each other's."""
 
     def __init__(self) -> None:
         self.targets: dict[str, _TargetState] = {}
@@ -164,17 +167,19 @@ class MxState:
         self.targets[target] = _TargetState(dict(up))
 
 
-STATE = MxState()
-
-
 class MxCollector(Collector):
     """`mailmon_mx_host_up{vantage, target, mx, preference}`: 1 when that MX host passed the smtp check."""
 
-    def __init__(self, vantage: str, state: MxState = STATE) -> None:
+    def __init__(self, vantage: str, state: MxState | None = None) -> None:
         self.vantage = vantage
-        self.state = state
+        self.state = state if state is not None else MxState()
         # The MX targets of the loaded configuration (App sets it on load and reload): removed ones drop out.
         self.only: frozenset[str] = frozenset()
+
+    def record(self, target: str, up: dict[tuple[int, str], float] | None) -> None:
+        """An MX target's run: each MX host's outcome (`Result.mx_hosts`; None: not an MX run, nothing to set)."""
+        if up is not None:
+            self.state.set(target, up)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("mailmon_mx_host_up", "Each MX host of an MX target (host: {mx: DOMAIN}) in the "

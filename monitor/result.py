@@ -54,6 +54,15 @@ class Result:
     auth_results: dict[str, str] = field(default_factory=dict)
     hops: int | None = None
     hop_delays: list[float] = field(default_factory=list)
+    # Round trips: probe messages of this target the run's sweep found late ((via, count) pairs) and deleted. They
+    # count in the target's series (mailmon_roundtrip_late_total, _swept_total) when the Result is recorded; not
+    # part of the JSON shape or the history row. A tuple: the empty one is shared, and a Result lives until its
+    # check's next run (15,000 of them at 5,000 targets), so no dict each for the collector to walk.
+    late: tuple[tuple[str, int], ...] = ()
+    swept: int = 0
+    # MX targets: each MX host's outcome in this run, (preference, name) -> 1 passed / 0 failed; None for other
+    # checks (mailmon_mx_host_up, monitor/mx.py).
+    mx_hosts: dict[tuple[int, str], float] | None = None
 
     @property
     def key(self) -> str:
@@ -124,6 +133,10 @@ class ProbeContext:
         self.auth_results: dict[str, str] = {}
         self.hops: int | None = None
         self.hop_delays: list[float] = []
+        # Counts and outcomes the runner copies onto the Result (see there): round-trip sweeps, MX hosts.
+        self.late: dict[str, int] = {}
+        self.swept = 0
+        self.mx_hosts: dict[tuple[int, str], float] | None = None
         # With implicit TLS the library reads the greeting in the same call as the handshake; when the
         # handshake ends we switch to this step so TLS and greeting are timed apart.
         self.step_after_handshake: Step | None = None

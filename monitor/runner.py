@@ -1,4 +1,4 @@
-"""Runs one check with a hard deadline, turns whatever happened into a classified Result, and fans it out.
+"""Runs one check with a hard deadline, turns whatever happened into a classified Result, and records it.
 
 The deadline is owned here, outside the protocol libraries: the probe runs as a child task, and when
 time is up the runner records where the probe was, cancels it and moves on, even if a library is slow
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from monitor.config import CheckSettings, Target
 from monitor.durations import format_duration
@@ -20,30 +20,37 @@ from monitor.result import ProbeContext, Result
 from monitor.steps import Reason, Stage
 from monitor.tls import handshake_observer
 
-__all__ = ["Runner", "Sink"]
+__all__ = ["Records", "Runner"]
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[Result], None]
+
+
+class Records(Protocol):
+    """What the runner hands each Result to: the monitor's recorder (monitor/recorder.py)."""
+
+    def record(self, result: Result) -> None: ...
+
 # How long a cancelled probe may take to unwind before we stop waiting for it.
 _CANCEL_GRACE = 1.0
 
 
 class Runner:
-    """Runs checks for one vantage and hands each Result to every sink (metrics, history, log ...)."""
+    """Runs checks for one vantage; `run` hands each Result to the one recorder (verdict, metrics, log, history)."""
 
-    def __init__(self, vantage: str, sinks: Iterable[Sink] = (), probes: dict[str, Probe] | None = None) -> None:
+    def __init__(self, vantage: str, recorder: Records | None = None, probes: dict[str, Probe] | None = None) -> None:
         self.vantage = vantage
-        self.sinks = list(sinks)
+        self.recorder = recorder
         self.probes = PROBES if probes is None else probes
 
     async def run(self, target: Target, check: CheckSettings) -> Result:
+        """Execute the check and record its Result (the scheduler's entry point)."""
         result = await self.execute(target, check)
-        for sink in self.sinks:
+        if self.recorder is not None:
             try:
-                sink(result)
-            except Exception:  # one broken sink must not stop the others or the schedule
-                log.exception("a result sink failed for %s/%s", target.name, check.key)
+                self.recorder.record(result)
+            except Exception:  # a recording bug must not stop the schedule
+                log.exception("recording the result of %s/%s failed", target.name, check.key)
         return result
 
     async def execute(self, target: Target, check: CheckSettings) -> Result:
@@ -97,7 +104,7 @@ class Runner:
             stage=stage, reason=reason, detail=detail, smtp_code=ctx.smtp_code, smtp_reply=ctx.smtp_reply,
             tls=ctx.tls, transcript=ctx.transcript, via=check.via, queue_id=ctx.queue_id, message_id=ctx.message_id,
             quota=ctx.quota, ip_family=check.ip_family, auth_results=ctx.auth_results, hops=ctx.hops,
-            hop_delays=ctx.hop_delays,
+            hop_delays=ctx.hop_delays, late=tuple(ctx.late.items()), swept=ctx.swept, mx_hosts=ctx.mx_hosts,
         )
 
 

@@ -84,7 +84,8 @@ class Scheduler:
         self._arm(loop)
 
     async def remove(self, name: str) -> None:
-        """Stop scheduling the target's checks (a run in flight finishes on its own and is still recorded)."""
+        """Stop scheduling the target's checks (a run in flight finishes on its own; the recorder drops its Result
+        when the check is no longer configured, monitor/recorder.py)."""
         for key in [key for key in self._entries if key[0] == name]:
             del self._entries[key]
 

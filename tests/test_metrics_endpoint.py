@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.app import accepts_gzip
+from monitor.web.routes import accepts_gzip
 from tests.conftest import free_port, mailmon_command
 from tests.processes import wait_for
 

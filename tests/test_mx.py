@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 import monitor.mx
 from monitor.config import Config, ConfigError, load_text
-from monitor.mx import STATE, MxCollector
+from monitor.mx import MxCollector
 from monitor.probes import probes_for
 from monitor.result import Result
 from monitor.runner import Runner
@@ -75,8 +75,11 @@ async def _run(lab: Lab, domain: str, resolver: str) -> Result:
     return await Runner("test", probes=probes_for(config)).execute(target, target.checks[0])
 
 
-def _hosts_up(target: str = "mail") -> dict[tuple[str, str], float]:
-    collector = MxCollector("test")
+def _hosts_up(result: Result, target: str = "mail", collector: MxCollector | None = None
+              ) -> dict[tuple[str, str], float]:
+    """mailmon_mx_host_up of a monitor (its collector) that recorded `result`."""
+    collector = collector or MxCollector("test")
+    collector.record(result.target, result.mx_hosts)
     collector.only = frozenset({target})
     registry = CollectorRegistry()
     registry.register(collector)
@@ -87,7 +90,7 @@ def _hosts_up(target: str = "mail") -> dict[tuple[str, str], float]:
 async def test_every_mx_up_passes_and_each_host_is_a_series(lab: Lab, dns_server: tuple[DnsServer, str]) -> None:
     result = await _run(lab, "up.mx.test", dns_server[1])
     assert result.ok, result.detail
-    assert _hosts_up() == {("live.mx.test", "10"): 1.0, ("live2.mx.test", "20"): 1.0}
+    assert _hosts_up(result) == {("live.mx.test", "10"): 1.0, ("live2.mx.test", "20"): 1.0}
 
 
 async def test_dead_primary_with_working_backup_is_mx_fallback(lab: Lab, dns_server: tuple[DnsServer, str]) -> None:
@@ -95,7 +98,7 @@ async def test_dead_primary_with_working_backup_is_mx_fallback(lab: Lab, dns_ser
     result = await _run(lab, "two.mx.test", dns_server[1])
     assert (result.stage, result.reason) == ("connect", "mx_fallback"), result.detail
     assert "dead.mx.test" in result.detail and "live.mx.test" in result.detail
-    assert _hosts_up() == {("dead.mx.test", "10"): 0.0, ("live.mx.test", "20"): 1.0}
+    assert _hosts_up(result) == {("dead.mx.test", "10"): 0.0, ("live.mx.test", "20"): 1.0}
     assert decide([classify_result(result)]) == "degraded"
 
 
@@ -116,8 +119,8 @@ async def test_dns_outcomes_are_classified(lab: Lab, dns_server: tuple[DnsServer
 
 async def test_mx_cname_still_checks_the_host(lab: Lab, dns_server: tuple[DnsServer, str]) -> None:
     """The alias is followed (as most senders do) and its host checked: the series says it works."""
-    await _run(lab, "alias.mx.test", dns_server[1])
-    assert _hosts_up() == {("www.mx.test", "10"): 1.0}
+    result = await _run(lab, "alias.mx.test", dns_server[1])
+    assert _hosts_up(result) == {("www.mx.test", "10"): 1.0}
 
 
 async def test_mx_records_are_re_resolved_after_their_ttl(lab: Lab, dns_server: tuple[DnsServer, str]) -> None:
@@ -151,6 +154,16 @@ def test_mx_target_checks_smtp_only() -> None:
     assert any("targets[0].imap: needs a host" in p for p in raised.value.problems), raised.value.problems
 
 
+def _mx_result(target: str, up: dict[tuple[int, str], float]) -> Result:
+    return Result(target=target, check="smtp", vantage="test", ok=True, started_at=0.0, duration_seconds=0.0,
+                  phases={}, mx_hosts=up)
+
+
 def test_state_is_per_target() -> None:
-    STATE.set("other", {(5, "a.example"): 1.0})
-    assert ("a.example", "5") not in _hosts_up("mail")
+    assert ("a.example", "5") not in _hosts_up(_mx_result("other", {(5, "a.example"): 1.0}), "mail")
+
+
+def test_state_is_per_monitor() -> None:
+    """Each monitor (App) has its own MX state: one's runs never show in another's series."""
+    _hosts_up(_mx_result("mail", {(5, "a.example"): 1.0}))
+    assert _hosts_up(_mx_result("mail", {(7, "b.example"): 0.0})) == {("b.example", "7"): 0.0}

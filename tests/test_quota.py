@@ -172,7 +172,7 @@ async def test_smtp_dry_run_to_a_full_mailbox_is_mailbox_full(lab: Lab, empty_fu
 
 def test_summary_names_a_nearly_full_mailbox(lab: Lab) -> None:
     """Above its quota_warning, the status summary says how full the mailbox is and what follows."""
-    from monitor.app import _quota_note
+    from monitor.web.status import quota_note as _quota_note
 
     target = _config(lab, "imap: {port: 993, tls: implicit, quota_warning: 90%}").targets[0]
     full = builders.result("full", "imap", quota={"MESSAGE": (19, 20), "STORAGE": (10, 1000)})

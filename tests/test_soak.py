@@ -31,7 +31,7 @@ import pytest
 
 from monitor.config import Target
 from monitor.result import Result
-from monitor.runner import Runner, Sink
+from monitor.runner import Runner
 from tests.conftest import open_fds
 from tests.fakes import CLOSE, HANG, RESET, FakeServer, TlsMaterial, drip, seq
 from tests.test_hostile import (
@@ -150,8 +150,8 @@ async def run_checks(jobs: list[tuple[Case, Target]], failures: list[str]) -> Co
         while not queue.empty():
             case, target = queue.get_nowait()
             outcome: list[Result] = []
-            result = await runner_with_sink(outcome.append).run(target, target.checks[0])
-            assert outcome == [result]  # the sink saw exactly this result
+            result = await runner_with_recorder(outcome).run(target, target.checks[0])
+            assert outcome == [result]  # the recorder saw exactly this result
             got = (result.stage, result.reason)
             seen[case.id] += 1
             if got != case.expected and len(failures) < 20:
@@ -164,9 +164,19 @@ async def run_checks(jobs: list[tuple[Case, Target]], failures: list[str]) -> Co
     return seen
 
 
-def runner_with_sink(sink: Sink) -> Runner:
+class _Kept:
+    """A recorder that keeps what it is given."""
+
+    def __init__(self, into: list[Result]) -> None:
+        self.into = into
+
+    def record(self, result: Result) -> None:
+        self.into.append(result)
+
+
+def runner_with_recorder(into: list[Result]) -> Runner:
     base = runner()
-    base.sinks = [sink]
+    base.recorder = _Kept(into)
     return base
 
 

@@ -26,11 +26,9 @@ PROBES: dict[str, Probe] = {
 }
 
 
-def probes_for(config: Config, on_late: Callable[[str, str, int], None] = lambda t, v, n: None,
-               on_swept: Callable[[str, int], None] = lambda t, n: None) -> dict[str, Probe]:
+def probes_for(config: Config) -> dict[str, Probe]:
     """The probe table for a configuration: the fixed probes, plus the round trip when a probe key is set."""
     table = dict(PROBES)
     if config.probe_key is not None:
-        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, on_late=on_late, on_swept=on_swept,
-                                       targets={t.name: t for t in config.targets})
+        table["roundtrip"] = RoundTrip(config.probe_key, config.vantage, targets={t.name: t for t in config.targets})
     return table

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError, classify
-from monitor.mx import STATE, MxHost, resolve_mx
+from monitor.mx import MxHost, resolve_mx
 from monitor.probes import smtp
 from monitor.result import ProbeContext
 
@@ -65,7 +65,7 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
         alias = f" (alias of {host.cname})" if host.cname else ""
         ctx.note(f"MX {host.preference} {host.name}{alias}: {', '.join(host.addresses) or host.problem}")
     if answer.failure is not None:
-        STATE.set(target.name, {(h.preference, h.name): 0.0 for h in answer.hosts})
+        ctx.mx_hosts = {(h.preference, h.name): 0.0 for h in answer.hosts}
         raise answer.failure
     ctx.step("connect")
     up: dict[tuple[int, str], float] = {}
@@ -81,7 +81,7 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
             passed.append((host, sub))
         elif failure is not None:
             failures.append((host, failure))
-    STATE.set(target.name, up)
+    ctx.mx_hosts = up  # mailmon_mx_host_up, set by the recorder from the Result
     if passed:
         # The phases of the host that worked first are the check's timing (dns of MX included).
         ctx.phases.update({name: seconds for name, seconds in passed[0][1].phases.items() if name != "dns"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import aiosmtplib
@@ -93,20 +93,18 @@ def _transient(exc: BaseException) -> bool:
 
 
 class RoundTrip:
-    """The round-trip probe; one instance per monitor, holding the probe key and the late/sweep reporters."""
+    """The round-trip probe; one instance per probe table, holding the probe key, the targets and the POP3 cache.
 
-    def __init__(self, key: Secret, vantage: str,
-                 on_late: Callable[[str, str, int], None] = lambda target, via, n: None,
-                 on_swept: Callable[[str, int], None] = lambda target, n: None,
-                 targets: dict[str, Target] | None = None) -> None:
+    What a run's sweep found (late arrivals, deleted leftovers) goes on its context, so onto the Result: a probe
+    never touches metrics (monitor/probes/__init__.py)."""
+
+    def __init__(self, key: Secret, vantage: str, targets: dict[str, Target] | None = None) -> None:
         self.key = key
         # Every target by name, for round trips that submit through another target (`submit_via`).
         self.targets = targets or {}
         self.vantage = vantage
         # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
         self.known_plain: dict[tuple[str, int, str], set[str]] = {}
-        self.on_late = on_late
-        self.on_swept = on_swept
 
     def reader(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> Readback:
         key = self.key.reveal().encode()
@@ -161,12 +159,12 @@ class RoundTrip:
             await self._judged(ctx, reader, found)
             await self._readback(reader.delete(found), stage="cleanup")
             ctx.step("sweep")
-            await self._sweep(reader, target)
+            await self._sweep(ctx, reader, target)
         except ProbeError:
             if opened:
                 # A round trip that keeps failing (held queue, a read-back that cannot log in again) must not let
                 # probe messages pile up: the sweep runs after a failure too, in the time kept back for it.
-                await self._sweep(reader, target)
+                await self._sweep(ctx, reader, target)
             raise
         finally:
             reader.close()
@@ -344,15 +342,14 @@ class RoundTrip:
         except Exception as exc:  # a read-back command that failed otherwise (a timeout): the reader's, not delivery's
             raise ProbeError("fetch", classify(exc, "fetch")[1], f"read-back: {exc}") from exc
 
-    async def _sweep(self, reader: Readback, target: Target) -> None:
+    async def _sweep(self, ctx: ProbeContext, reader: Readback, target: Target) -> None:
         """Delete our stale probe messages (late arrivals, crash leftovers); never fails the round trip."""
         try:
             report: SweepReport = await reader.sweep(self.vantage, int(time.time() * 1000))
         except Exception as exc:
             log.warning("sweep of %s failed: %s", target.name, exc)
             return
-        if report.deleted:
-            self.on_swept(target.name, report.deleted)
+        ctx.swept += report.deleted
         for late in report.late:
             if late.target == target.name:
-                self.on_late(target.name, late.via, 1)
+                ctx.late[late.via] = ctx.late.get(late.via, 0) + 1
