@@ -22,7 +22,7 @@ this same harness), then this checkout: before and after figures from one run. -
 median and range of each phase's p99 per code version.
 
 Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200] [--before REF]
-                                     [--repeat 1]
+                                     [--repeat 1] [--event-loop asyncio]
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--targets", str(args.targets), "--interval", str(args.interval),
          "--ports", ports, "--listen", f"127.0.0.1:{port}", "--out", str(out), "--history", str(history),
-         "--max-seconds", str(4 * args.phase + 200), "--code", code], stdout=subprocess.PIPE, text=True)
+         "--max-seconds", str(4 * args.phase + 200), "--code", code, "--event-loop", args.event_loop],
+        stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     json.loads(child.stdout.readline())
     windows: dict[str, tuple[float, float]] = {}
@@ -277,6 +278,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--before", metavar="REF", help="also run the monitor code of git REF first (e.g. main)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each: --before's code, then this one)")
+    parser.add_argument("--event-loop", default="asyncio", choices=("auto", "asyncio", "uvloop"),
+                        help="the child's loop (monitor/eventloop.py); `mailmon run` takes auto: uvloop if installed")
     parser.add_argument("--json", metavar="FILE", help="write every round's raw observations and windows here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--ports", "--listen", "--out", "--history"):
@@ -285,11 +288,14 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child_main(args))
+        if args.code:
+            sys.path.insert(0, args.code)
+        from monitor import eventloop
+        eventloop.run(child_main(args), args.event_loop)
         return
     print(machine_line(), f"load={os.getloadavg()[0]:.2f}")
     print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
-          "per phase")
+          f"per phase, event loop {args.event_loop}")
     summary: dict[str, list[dict[str, float]]] = {}
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mailmon-overload-") as tmp:
