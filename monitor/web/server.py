@@ -31,10 +31,6 @@ HEAD_TIMEOUT = 3.0
 WRITE_TIMEOUT = 30.0
 # Response bodies are written this much at a time (see _write).
 _WRITE_SLICE = 256 * 1024
-# Connections taken per wake-up of the listening socket (asyncio accepts up to `backlog` in one callback, each
-# `accept` giving up the GIL): small batches let due probe timers run between them under a connection flood.
-# Also the kernel's queue of connections not yet accepted; a flood beyond it waits in SYN retries, not in mailmon.
-_ACCEPT_BATCH = 16
 # A handler's answer within this, else 503: requests queued behind a busy history or thread pool give up
 # instead of piling up (the connection cap bounds how many wait).
 HANDLER_TIMEOUT = 20.0
@@ -84,8 +80,7 @@ class HttpServer:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls, limit=_MAX_HEAD,
-                                                  backlog=_ACCEPT_BATCH)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls, limit=_MAX_HEAD)
 
     @property
     def port(self) -> int:
