@@ -13,9 +13,16 @@ CLOCK_MONOTONIC, so each phase's p50/p99 are exact. Phases (each --phase seconds
   history    200 clients each ask `/api/history?limit=1000` again and again, as fast as answers come
 
 Printed per phase: lag p50/p99/max, probe duration median/p99, HTTP answers by status and connections the server
-closed at once (its cap), the child's peak RSS and descriptors. The goal: lag p99 under load within 2x idle.
+closed at once (its cap), the child's peak RSS and descriptors, and the child's garbage collections (count per
+generation, longest pause, and how many of the phase's lag observations above 2x idle p99 overlapped a collection).
+The goal: lag p99 under load within 2x idle.
 
-Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200]
+--before REF: each repeat first runs the monitor code of git REF (`git archive` into a temporary directory, driven by
+this same harness), then this checkout: before and after figures from one run. --repeat N: N such rounds, then the
+median and range of each phase's p99 per code version.
+
+Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200] [--before REF]
+                                     [--repeat 1] [--event-loop asyncio]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -46,6 +54,8 @@ PHASES = ("idle", "slow", "history")
 # --- the child: one mailmon App ---------------------------------------------------------------------------------
 
 async def child_main(args: argparse.Namespace) -> None:
+    if args.code:  # the monitor of another revision (--before), ahead of this checkout's
+        sys.path.insert(0, args.code)
     from monitor.app import App
     from monitor.config import Auth, CheckSettings, Config, HistorySettings, Secret, Target, TlsSettings
     from monitor.logs import setup_logging
@@ -75,6 +85,16 @@ async def child_main(args: argparse.Namespace) -> None:
         durations.append((time.monotonic(), result.duration_seconds, result.ok))
 
     observe_results(app, observed_result)
+    collections: list[tuple[float, float, int]] = []  # (start, seconds, generation) of every garbage collection
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.monotonic()
+        else:
+            collections.append((gc_started[0], time.monotonic() - gc_started[0], info["generation"]))
+
+    gc.callbacks.append(on_gc)
     done = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
     await app.start()
@@ -82,7 +102,8 @@ async def child_main(args: argparse.Namespace) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), args.max_seconds)
     await app.stop()
-    Path(args.out).write_text(json.dumps({"lags": lags, "durations": durations}))
+    gc.callbacks.remove(on_gc)
+    Path(args.out).write_text(json.dumps({"lags": lags, "durations": durations, "collections": collections}))
 
 
 # --- the parent: the HTTP clients ---------------------------------------------------------------------------------
@@ -166,40 +187,36 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", type=int, default=100)
-    parser.add_argument("--interval", type=float, default=10.0)
-    parser.add_argument("--phase", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--ports", "--listen", "--out", "--history"):
-        parser.add_argument(name, help=argparse.SUPPRESS)
-    parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        asyncio.run(child_main(args))
-        return
-    print(machine_line(), f"load={os.getloadavg()[0]:.2f}")
-    work = Path(tempfile.mkdtemp(prefix="mailmon-overload-"))
+def revision(ref: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True)
+    return done.stdout.strip() or ref
+
+
+def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
+    """One monitor child through the three phases; the raw observations and each phase's window and HTTP tally."""
     fakes = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fakes.py"), "--max-seconds",
                               str(4 * args.phase + 300)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert fakes.stdout is not None
     ports = fakes.stdout.readline().strip()
     port = free_port()
     out = work / "child.json"
+    history = work / "h.sqlite"
+    history.unlink(missing_ok=True)
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--targets", str(args.targets), "--interval", str(args.interval),
-         "--ports", ports, "--listen", f"127.0.0.1:{port}", "--out", str(out), "--history", str(work / "h.sqlite"),
-         "--max-seconds", str(4 * args.phase + 200)], stdout=subprocess.PIPE, text=True)
+         "--ports", ports, "--listen", f"127.0.0.1:{port}", "--out", str(out), "--history", str(history),
+         "--max-seconds", str(4 * args.phase + 200), "--code", code, "--event-loop", args.event_loop],
+        stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     json.loads(child.stdout.readline())
+    windows: dict[str, tuple[float, float]] = {}
+    tallies: dict[str, Tally] = {}
+    peaks: dict[str, tuple[int, int]] = {}
+    loads: list[float] = []
     try:
         time.sleep(args.interval)  # warm-up: every check has run once
-        windows: dict[str, tuple[float, float]] = {}
-        tallies: dict[str, Tally] = {}
-        peaks: dict[str, tuple[int, int]] = {}
         for phase in PHASES:
+            loads.append(os.getloadavg()[0])
             t0 = time.monotonic()
             if phase == "idle":
                 time.sleep(args.phase)
@@ -213,15 +230,23 @@ def main() -> None:
         stop(child, 60)
         stop(fakes, 10, close_stdin=True)
     data: dict[str, Any] = json.loads(out.read_text())
-    print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
-          "per phase")
+    return {"data": data, "windows": windows, "tallies": tallies, "peaks": peaks, "loads": loads}
+
+
+def report(run: dict[str, Any], label: str) -> dict[str, float]:
+    """Print one run's phases; each phase's lag p99 (seconds)."""
+    data, windows, tallies, peaks = run["data"], run["windows"], run["tallies"], run["peaks"]
+    print(f"{label}: load average at each phase's start {' / '.join(f'{x:.2f}' for x in run['loads'])}")
     base = None
+    p99s: dict[str, float] = {}
     for phase in PHASES:
         lo, hi = windows[phase]
-        lags = [v for t, v in data["lags"] if lo <= t <= hi]
+        observed = [(t, v) for t, v in data["lags"] if lo <= t <= hi]
+        lags = [v for _, v in observed]
         durs = [d for t, d, _ in data["durations"] if lo <= t <= hi]
         failed = sum(1 for t, _, ok in data["durations"] if lo <= t <= hi and not ok)
         p99 = pct(lags, 0.99)
+        p99s[phase] = p99
         base = p99 if phase == "idle" else base
         ratio = f" ({p99 / base:.2f}x idle)" if base and phase != "idle" else ""
         tally = tallies[phase]
@@ -233,6 +258,80 @@ def main() -> None:
               f"probe duration median {median(durs) * 1000:.2f} ms p99 {pct(durs, 0.99) * 1000:.2f} ms")
         print(f"         HTTP: {http}; child peak RSS {peaks[phase][0] / 1024:.0f} MB, descriptors at the end "
               f"{peaks[phase][1]}")
+        collections = [(t, d, g) for t, d, g in data.get("collections", []) if lo <= t <= hi]
+        by_gen = [sum(1 for _, _, g in collections if g == gen) for gen in range(3)]
+        longest = max((d for _, d, _ in collections), default=0.0)
+        high = [(t, v) for t, v in observed if base and v > 2 * base]
+        overlapped = sum(1 for t, v in high if any(s < t and s + d > t - v for s, d, _ in collections))
+        gc_total = sum(d for _, d, _ in collections)
+        print(f"         GC: collections gen0/1/2 {by_gen[0]}/{by_gen[1]}/{by_gen[2]}, longest "
+              f"{longest * 1000:.1f} ms, total {gc_total * 1000:.0f} ms; lag observations above 2x idle p99: "
+              f"{len(high)}, {overlapped} of them overlapping a collection")
+    return p99s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--phase", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--before", metavar="REF", help="also run the monitor code of git REF first (e.g. main)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (each: --before's code, then this one)")
+    parser.add_argument("--event-loop", default="asyncio", choices=("auto", "asyncio", "uvloop"),
+                        help="the child's loop (monitor/eventloop.py); `mailmon run` takes auto: uvloop if installed")
+    parser.add_argument("--json", metavar="FILE", help="write every round's raw observations and windows here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--ports", "--listen", "--out", "--history"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--code", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if args.code:
+            sys.path.insert(0, args.code)
+        from monitor import eventloop
+        eventloop.run(child_main(args), args.event_loop)
+        return
+    print(machine_line(), f"load={os.getloadavg()[0]:.2f}")
+    print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
+          f"per phase, event loop {args.event_loop}")
+    summary: dict[str, list[dict[str, float]]] = {}
+    raw: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mailmon-overload-") as tmp:
+        work = Path(tmp)
+        codes = [("this checkout", "")]
+        if args.before:
+            before = work / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "monitor"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            codes.insert(0, (f"before ({args.before} = {revision(args.before)})", str(before)))
+            print(f"before: monitor/ of {args.before} ({revision(args.before)}); after: this checkout "
+                  f"({revision('HEAD')}, plus uncommitted changes if any)")
+        for round_ in range(1, args.repeat + 1):
+            for label, code in codes:
+                run = run_once(args, work, code)
+                p99s = report(run, f"round {round_}, {label}")
+                summary.setdefault(label, []).append(p99s)
+                raw.append({"label": label, "round": round_, "data": run["data"], "windows": run["windows"]})
+                sys.stdout.flush()
+    if args.repeat > 1 or args.before:
+        print("lag p99 per phase, median [min-max] over the rounds (ratio to the same round's idle p99):")
+        for label, rounds in summary.items():
+            cells = []
+            for phase in PHASES:
+                values = [r[phase] * 1000 for r in rounds]
+                cell = f"{phase} {median(values):.2f} [{min(values):.2f}-{max(values):.2f}] ms"
+                if phase != "idle":
+                    ratios = [r[phase] / r["idle"] for r in rounds]
+                    cell += f" ({median(ratios):.1f}x [{min(ratios):.1f}-{max(ratios):.1f}])"
+                cells.append(cell)
+            print(f"  {label}: " + "; ".join(cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw))
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
