@@ -15,7 +15,10 @@ __all__ = ["REDACTED", "redact", "redact_lines"]
 
 REDACTED = "********"
 
-_B64_TOKEN = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+# A bare SASL response or literal: one base64-looking token of 4 characters or more, padding included (the base64
+# of a 1-character password is `cA==`), possibly cut by the transcript's line limit, which appends `... [N chars]`
+# (monitor/result.py): an OAuth2 token's base64 is longer than that limit.
+_B64_TOKEN = re.compile(r"(?=[A-Za-z0-9+/=]{4})[A-Za-z0-9+/]{2,}={0,2}(?:\.\.\. \[\d+ chars\])?")
 # C: [tag] AUTH|AUTHENTICATE <mech> <initial response>  ->  the initial response goes
 _AUTH_LINE = re.compile(r"^(C: (?:\S+ )?(?:AUTH|AUTHENTICATE) \S+ ).*\S.*$", re.IGNORECASE)
 # C: PASS <password>  (POP3)
@@ -31,8 +34,9 @@ def redact_lines(lines: Iterable[str]) -> list[str]:
 
     Rules (defence in depth: the probes redact before recording): everything after `AUTH <mech> ` or
     `AUTHENTICATE <mech> ` on a `C: ` line; the argument of `PASS`; everything after the user of `LOGIN`;
-    and a `C: ` line that is one bare base64-looking token (4+ characters) right after a server `334` or
-    `+` continuation line (SASL PLAIN/LOGIN exchanges, IMAP literals), `-- ` note lines in between ignored.
+    and a `C: ` line that is one bare base64-looking token (4+ characters, perhaps cut short) right after a
+    server `334` or `+` continuation line (SASL PLAIN/LOGIN exchanges, IMAP literals), `-- ` note lines in
+    between ignored.
     """
     out: list[str] = []
     after_continuation = False
