@@ -15,7 +15,7 @@ from monitor.history.db import READ_BUSY_TIMEOUT_MS, sqlite_problem, transaction
 from monitor.history.reading import latest, query
 from monitor.history.retention import STEP_FRACTION, Retention, file_sizes
 from monitor.history.schema import MIN_MAX_BYTES
-from monitor.history.writing import Backlog, Writer, insert_rows
+from monitor.history.writing import Backlog, Batching, Writer, insert_rows
 from monitor.result import Result
 
 __all__ = ["History"]
@@ -54,8 +54,8 @@ class History:
         self._backlog = Backlog(queue_size)
         retention = Retention(path, max_bytes=self.max_bytes, retention_seconds=self.retention_seconds,
                               interval=retention_interval)
-        self._writer = Writer(path, self._backlog, retention, flush_interval=flush_interval, batch_rows=batch_rows,
-                              batch_bytes=self.batch_bytes, on_commit=on_commit, check_integrity=check_integrity)
+        self._writer = Writer(self._backlog, retention, Batching(batch_rows, self.batch_bytes, flush_interval),
+                              on_commit=on_commit, check_integrity=check_integrity)
         self._thread = threading.Thread(target=self._writer.run, name=f"history-writer {os.path.basename(path)}",
                                         daemon=True)
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.history.db import open_writer, transaction
@@ -22,7 +23,7 @@ from monitor.history.retention import SMALL_PAGE_LIMIT, Retention, file_sizes
 from monitor.history.schema import COLUMNS, INSERT, UPSERT_LATEST, row_bytes, row_from_result
 from monitor.result import Result
 
-__all__ = ["Backlog", "Writer", "insert_rows"]
+__all__ = ["Backlog", "Batching", "Writer", "insert_rows"]
 
 log = logging.getLogger("monitor.history")
 
@@ -123,18 +124,25 @@ class Backlog:
             self.cond.notify_all()
 
 
+@dataclass(frozen=True)
+class Batching:
+    """A commit holds at most `rows` results or about `bytes` of rows; one is made at least every `interval`
+    seconds while results wait."""
+
+    rows: int
+    bytes: int
+    interval: float
+
+
 class Writer:
     """The body of the writer thread of one History: batches, commits, retention, until `stop`."""
 
-    def __init__(self, path: str, backlog: Backlog, retention: Retention, *, flush_interval: float,
-                 batch_rows: int, batch_bytes: int, on_commit: Callable[[int, int], None] | None,
-                 check_integrity: bool) -> None:
-        self.path = path
+    def __init__(self, backlog: Backlog, retention: Retention, batching: Batching, *,
+                 on_commit: Callable[[int, int], None] | None, check_integrity: bool) -> None:
+        self.path = retention.path
         self.backlog = backlog
         self.retention = retention
-        self.flush_interval = flush_interval
-        self.batch_rows = batch_rows
-        self.batch_bytes = batch_bytes
+        self.batching = batching
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
         self._on_commit = on_commit
@@ -204,19 +212,19 @@ class Writer:
             with backlog.cond:
                 backlog.retain_done = self.retention.serving
                 backlog.cond.notify_all()
-        if not busy and len(backlog.items) < self.batch_rows:
-            backlog.wake.wait(self.flush_interval)
+        if not busy and len(backlog.items) < self.batching.rows:
+            backlog.wake.wait(self.batching.interval)
         return False
 
     def _take(self) -> list[_Item]:
         """Up to batch_rows / batch_bytes queued results, converted to rows (outside the lock); what does not fit
         the byte budget goes back to the front of the queue."""
-        want = max(1, min(self.batch_rows, int(self.batch_bytes / max(200.0, self._avg_row_bytes)) + 1))
+        want = max(1, min(self.batching.rows, int(self.batching.bytes / max(200.0, self._avg_row_bytes)) + 1))
         items = self.backlog.take(want)
         batch: list[_Item] = []
         size = 0
         for index, (seq, result, verdict) in enumerate(items):
-            if size >= self.batch_bytes:
+            if size >= self.batching.bytes:
                 self.backlog.put_back(items[index:])
                 break
             try:
