@@ -22,6 +22,7 @@ import pytest
 
 from monitor.errors import MailmonError
 from monitor.history import SCHEMA_VERSION, History, HistoryError, latest, query, redact, redact_lines, row_from_result
+from monitor.history.db import sqlite_problem
 from monitor.result import Result, TlsFacts
 from tests import builders
 
@@ -534,3 +535,11 @@ def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HistoryError) as opened:
         History.open(str(path))
     assert str(path) in str(opened.value)
+
+
+def test_a_problem_is_named_from_the_sqlite_result_code_not_its_message() -> None:
+    """An extended code (SQLITE_CORRUPT_INDEX) names its primary problem whatever SQLite's words say."""
+    error = sqlite3.DatabaseError("database is locked")
+    error.sqlite_errorname = "SQLITE_CORRUPT_INDEX"
+    problem = sqlite_problem("/x/h.db", error)
+    assert str(problem) == "history database /x/h.db: the SQLite file is corrupt: database is locked"
