@@ -13,10 +13,10 @@ import socket
 
 import aiosmtplib
 
-from monitor.config import CheckSettings, Target, default_helo_name
+from monitor.config import CheckSettings, Target
 from monitor.errors import ProbeError, smtp_reply_reason
 from monitor.families import address_family
-from monitor.net import open_socket
+from monitor.net import default_helo_name, open_socket
 from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
