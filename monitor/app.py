@@ -19,7 +19,16 @@ from monitor import config as config_module
 from monitor import resources, selfcheck
 from monitor.authres import LoopCollector, auth_note
 from monitor.changes import ChangeCalendars
-from monitor.config import CheckSettings, Config, ConfigError, Target, TlsSettings
+from monitor.config import (
+    CheckSettings,
+    Config,
+    ConfigError,
+    ImapSettings,
+    RoundTripSettings,
+    SelfcheckRun,
+    Target,
+    TlsSettings,
+)
 from monitor.diagnose import freshness
 from monitor.discovery import Discovery
 from monitor.explain import Answer, explain
@@ -248,8 +257,7 @@ class App:
         async def selfcheck_probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
             await selfcheck.probe(ctx, config, settings)
 
-        check = CheckSettings(name="selfcheck", port=0, tls_mode="none", interval=settings.interval,
-                              timeout=settings.timeout)
+        check = SelfcheckRun(port=0, tls_mode="none", interval=settings.interval, timeout=settings.timeout)
         target = Target(name=SELFCHECK_TARGET, host="", tls=TlsSettings(), auth=None, checks=(check,))
         result = await Runner(config.vantage, probes={"selfcheck": selfcheck_probe}).execute(target, check)
         self.metrics.record_selfcheck(result)
@@ -524,7 +532,7 @@ def _quota_note(target: Target, results: list[Result]) -> str:
     notes = []
     for result in results:
         check = next((c for c in target.checks if c.key == result.key), None)
-        if check is None or not result.quota:
+        if not isinstance(check, ImapSettings | RoundTripSettings) or not result.quota:
             continue
         name, (usage, limit) = max(result.quota.items(), key=lambda item: item[1][0] / item[1][1])
         if usage / limit >= check.quota_warning:

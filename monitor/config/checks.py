@@ -6,9 +6,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypedDict
 
 import yaml
 
+from monitor.config.kinds import (
+    DEFAULT_QUOTA_WARNING,
+    CheckSettings,
+    ImapSettings,
+    Pop3Settings,
+    RoundTripSettings,
+    SmtpSettings,
+)
 from monitor.config.model import (
     DEFAULT_JUNK_FOLDERS,
     DEFAULT_PORTS,
@@ -16,12 +25,12 @@ from monitor.config.model import (
     DEFAULT_TLS_MODE,
     READBACK_NAMES,
     TLS_MODES,
-    CheckSettings,
 )
 from monitor.config.reader import YamlReader, check_timing, get
 from monitor.families import IP_FAMILY_CHOICES
 
-__all__ = ["AUTH_MECHANISMS", "CHECK_KEYS", "TLS_VERSIONS", "load_check", "load_profiles", "load_roundtrip"]
+__all__ = ["AUTH_MECHANISMS", "CHECK_KEYS", "TLS_VERSIONS", "load_check", "load_profiles", "load_roundtrip",
+           "load_smtp"]
 
 
 CHECK_KEYS = {
@@ -36,13 +45,13 @@ _PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 def load_profiles(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float,
-                  has_auth: bool) -> list[CheckSettings]:
+                  has_auth: bool) -> list[SmtpSettings]:
     """SMTP client profiles: each an extra `smtp:<name>` check imitating one kind of mail client."""
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         reader.problem(node, path, "must be a non-empty list of profiles ({name, port, tls, tls_min, tls_max, "
                                    "auth_mechanism})")
         return []
-    profiles: list[CheckSettings] = []
+    profiles: list[SmtpSettings] = []
     for index, item in enumerate(node.value):
         where = f"{path}[{index}]"
         entries = reader.mapping(item, where, _PROFILE_KEYS)
@@ -63,8 +72,8 @@ def load_profiles(reader: YamlReader, node: yaml.Node, path: str, interval: floa
         mechanism = get(reader, entries, "auth_mechanism", where,
                         lambda n, p: reader.choice(n, p, AUTH_MECHANISMS), None)
         plain = {key: value for key, value in entries.items() if key in CHECK_KEYS["smtp"]}
-        check = load_check(reader, "smtp", item, where, interval, timeout, has_auth, entries=plain)
-        if check is None or name is None:
+        check = load_smtp(reader, item, where, interval, timeout, has_auth, entries=plain)
+        if name is None:
             continue
         if mechanism is not None and not check.use_auth:
             reader.problem(entries["auth_mechanism"][1], f"{where}.auth_mechanism", "needs auth (credentials)")
@@ -73,14 +82,57 @@ def load_profiles(reader: YamlReader, node: yaml.Node, path: str, interval: floa
     return profiles
 
 
+class _Common(TypedDict):
+    """What every kind of check reads the same way (ip_family apart: it is read last, as it always was)."""
+
+    port: int
+    tls_mode: str
+    interval: float
+    timeout: float
+    use_auth: bool
+
+
 def load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
-               has_auth: bool, entries: dict[str, tuple[yaml.Node, yaml.Node]] | None = None) -> CheckSettings | None:
+               has_auth: bool, entries: dict[str, tuple[yaml.Node, yaml.Node]] | None = None,
+               ) -> SmtpSettings | ImapSettings | Pop3Settings:
+    """A target's (or a module's) `smtp`, `imap` or `pop3` block."""
+    if name == "smtp":
+        return load_smtp(reader, node, path, interval, timeout, has_auth, entries)
+    entries = _entries(reader, name, node, path, entries)
+    common = _load_common(reader, name, node, path, interval, timeout, has_auth, entries)
+    if name == "imap":
+        return ImapSettings(**common, mailbox=get(reader, entries, "mailbox", path, reader.string, "INBOX"),
+                            quota_warning=get(reader, entries, "quota_warning", path, _ratio(reader),
+                                              DEFAULT_QUOTA_WARNING),
+                            ip_family=_ip_family(reader, entries, path))
+    return Pop3Settings(**common, ip_family=_ip_family(reader, entries, path))
+
+
+def load_smtp(reader: YamlReader, node: yaml.Node, path: str, interval: float, timeout: float, has_auth: bool,
+              entries: dict[str, tuple[yaml.Node, yaml.Node]] | None = None) -> SmtpSettings:
+    """An `smtp` block, or the SMTP keys of a client profile (`entries`, already read by the caller)."""
+    entries = _entries(reader, "smtp", node, path, entries)
+    common = _load_common(reader, "smtp", node, path, interval, timeout, has_auth, entries)
+    mail_from = get(reader, entries, "mail_from", path, reader.string, None)
+    no_recipients: tuple[str, ...] = ()
+    rcpt_to = get(reader, entries, "rcpt_to", path, reader.string_list, no_recipients)
+    if (mail_from is None) != (not rcpt_to):
+        reader.problem(node, path, "mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)")
+    return SmtpSettings(**common, helo_name=get(reader, entries, "helo_name", path, reader.string, None),
+                        mail_from=mail_from, rcpt_to=rcpt_to, ip_family=_ip_family(reader, entries, path))
+
+
+def _entries(reader: YamlReader, name: str, node: yaml.Node, path: str,
+             entries: dict[str, tuple[yaml.Node, yaml.Node]] | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     if entries is not None:
-        pass  # already read by the caller (a client profile)
-    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-        entries = {}  # `smtp:` alone turns the check on with defaults
-    else:
-        entries = reader.mapping(node, path, CHECK_KEYS[name])
+        return entries  # already read by the caller (a client profile, a module)
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        return {}  # `smtp:` alone turns the check on with defaults
+    return reader.mapping(node, path, CHECK_KEYS[name])
+
+
+def _load_common(reader: YamlReader, name: str, node: yaml.Node, path: str, interval: float, timeout: float,
+                 has_auth: bool, entries: dict[str, tuple[yaml.Node, yaml.Node]]) -> _Common:
     tls_mode = get(reader, entries, "tls", path, lambda n, p: reader.choice(n, p, TLS_MODES), DEFAULT_TLS_MODE[name])
     port = get(reader, entries, "port", path, lambda n, p: reader.integer(n, p, 1, 65535),
                DEFAULT_PORTS[(name, tls_mode)])
@@ -94,20 +146,12 @@ def load_check(reader: YamlReader, name: str, node: yaml.Node, path: str, interv
         reader.problem(node, path, f"{name} needs credentials: add an auth block to the target")
     elif name in ("imap", "pop3") and not use_auth and "auth" in entries:
         reader.problem(entries["auth"][1], f"{path}.auth", f"the {name} check always logs in: auth cannot be off")
-    mail_from = get(reader, entries, "mail_from", path, reader.string, None)
-    no_recipients: tuple[str, ...] = ()
-    rcpt_to = get(reader, entries, "rcpt_to", path, reader.string_list, no_recipients)
-    if (mail_from is None) != (not rcpt_to):
-        reader.problem(node, path, "mail_from and rcpt_to go together (the MAIL/RCPT dry run needs both)")
-    return CheckSettings(
-        name=name, port=port, tls_mode=tls_mode, interval=check_interval, timeout=check_timeout,
-        use_auth=use_auth and has_auth,
-        helo_name=get(reader, entries, "helo_name", path, reader.string, None),
-        mail_from=mail_from, rcpt_to=rcpt_to,
-        mailbox=get(reader, entries, "mailbox", path, reader.string, "INBOX"),
-        quota_warning=get(reader, entries, "quota_warning", path, _ratio(reader), 0.9),
-        ip_family=get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None),
-    )
+    return _Common(port=port, tls_mode=tls_mode, interval=check_interval, timeout=check_timeout,
+                   use_auth=use_auth and has_auth)
+
+
+def _ip_family(reader: YamlReader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str) -> str | None:
+    return get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None)
 
 
 def _ratio(reader: YamlReader) -> Callable[[yaml.Node, str], float | None]:
@@ -133,8 +177,8 @@ _ROUNDTRIP_KEYS = ("via", "interval", "timeout", "recipient", "sender", "junk_fo
 
 def load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: float,
                    checks: dict[str, CheckSettings], auth_user: str | None,
-                   has_auth: bool = False) -> list[CheckSettings]:
-    """One CheckSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
+                   has_auth: bool = False) -> list[RoundTripSettings]:
+    """One RoundTripSettings per read-back protocol; submission and read-back reuse the target's own blocks."""
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}  # `roundtrip:` alone: every default
     else:
@@ -165,14 +209,14 @@ def load_roundtrip(reader: YamlReader, node: yaml.Node, path: str, interval: flo
     default_junk: tuple[str, ...] = DEFAULT_JUNK_FOLDERS
     junk = get(reader, entries, "junk_folders", path, reader.string_list, default_junk)
     mailbox = get(reader, entries, "mailbox", path, reader.string, "INBOX")
-    ip_family = get(reader, entries, "ip_family", path, lambda n, p: reader.choice(n, p, IP_FAMILY_CHOICES), None)
+    ip_family = _ip_family(reader, entries, path)
     result = []
     for name in via:
         readback = checks.get(name)
         if name not in READBACK_NAMES or readback is None or recipient is None:
             continue
-        result.append(CheckSettings(
-            name="roundtrip", port=readback.port, tls_mode=readback.tls_mode, interval=check_interval,
-            timeout=check_timeout, use_auth=True, via=name, recipient=recipient, sender=sender,
-            junk_folders=junk, mailbox=mailbox, ip_family=ip_family, submit_via=submit_via))
+        result.append(RoundTripSettings(
+            port=readback.port, tls_mode=readback.tls_mode, interval=check_interval, timeout=check_timeout,
+            use_auth=True, via=name, recipient=recipient, sender=sender, junk_folders=junk, mailbox=mailbox,
+            ip_family=ip_family, submit_via=submit_via))
     return result

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from monitor.changes import ChangeSource
+from monitor.config.kinds import CheckBase, CheckSettings, ImapSettings, Pop3Settings, SmtpSettings
 from monitor.errors import MailmonError
 from monitor.mx import MxSpec
 
 if TYPE_CHECKING:
     from monitor.signin.settings import OAuth2Settings
+
+C = TypeVar("C", bound=CheckBase)
 
 CHECK_NAMES = ("smtp", "imap", "pop3", "roundtrip")
 READBACK_NAMES = ("imap", "pop3")
@@ -89,53 +92,6 @@ class Auth:
 
 
 @dataclass(frozen=True)
-class CheckSettings:
-    """One protocol check of one target."""
-
-    name: str
-    port: int
-    tls_mode: str
-    interval: float
-    timeout: float
-    use_auth: bool = True
-    helo_name: str | None = None
-    mail_from: str | None = None
-    rcpt_to: tuple[str, ...] = ()
-    mailbox: str = "INBOX"
-    # Round trip only: the read-back protocol, who receives the probe message, who sends it, junk folders.
-    via: str | None = None
-    recipient: str | None = None
-    sender: str | None = None
-    junk_folders: tuple[str, ...] = ()
-    # SMTP client profile only: the kind of client this check imitates (TLS versions, AUTH mechanism).
-    profile: str | None = None
-    tls_min: str | None = None
-    tls_max: str | None = None
-    auth_mechanism: str | None = None
-    # IMAP only: the share of the mailbox quota (any resource) above which the mailbox counts as nearly full.
-    quota_warning: float = 0.9
-    # The target signs in with OAuth2: the check gets a token (a timed `token` step) before AUTH/LOGIN.
-    uses_token: bool = False
-    # Round trip only: the target whose smtp block (host, port, credentials) submits the probe; None: this one.
-    submit_via: str | None = None
-    # The address family this check connects over (ipv4, ipv6; `both` while loading only, see monitor/families.py);
-    # None: whatever the host name resolves to, as before.
-    ip_family: str | None = None
-
-    @property
-    def label(self) -> str:
-        """The `check` label: `smtp`, `imap`, ..., or `smtp:<profile>` for an SMTP client profile."""
-        return f"{self.name}:{self.profile}" if self.profile else self.name
-
-    @property
-    def key(self) -> str:
-        """Unique among a target's checks: the label, or `roundtrip:imap` for a round trip read back over IMAP;
-        `@ipv6` follows for a check bound to an address family (`imap@ipv6`)."""
-        key = f"{self.label}:{self.via}" if self.via else self.label
-        return f"{key}@{self.ip_family}" if self.ip_family else key
-
-
-@dataclass(frozen=True)
 class Target:
     name: str
     host: str
@@ -153,6 +109,10 @@ class Target:
     def settings(self, name: str) -> CheckSettings | None:
         """The settings of the target's `name` check (the first, for round trips), or None."""
         return next((c for c in self.checks if c.name == name), None)
+
+    def first(self, kind: type[C]) -> C | None:
+        """The target's first check of the settings type `kind` (e.g. its `SmtpSettings`), or None."""
+        return next((c for c in self.checks if isinstance(c, kind)), None)
 
 
 @dataclass(frozen=True)
@@ -183,7 +143,7 @@ class Module:
     `GET /probe?module=NAME&target=HOST[:PORT]`, or a `targets_from` file naming the module."""
 
     name: str
-    check: CheckSettings
+    check: SmtpSettings | ImapSettings | Pop3Settings
     tls: TlsSettings
     auth: Auth | None
     # Host names or addresses the module may be run against (full-match regexes); empty: any host. Required

@@ -9,7 +9,8 @@ import yaml
 
 from monitor.config.auth import load_auth
 from monitor.config.checks import load_check, load_profiles, load_roundtrip
-from monitor.config.model import CHECK_NAMES, LABEL_NAME, CheckSettings, Target, TlsSettings
+from monitor.config.kinds import CheckSettings, RoundTripSettings, SmtpSettings
+from monitor.config.model import CHECK_NAMES, LABEL_NAME, Target, TlsSettings
 from monitor.config.reader import YamlReader, check_timing, get
 from monitor.config.tls import load_tls
 from monitor.families import IP_FAMILY_CHOICES
@@ -67,21 +68,20 @@ def load_target(reader: YamlReader, node: yaml.Node, path: str, interval: float,
     checks: list[CheckSettings] = []
     for check_name in CHECK_NAMES:
         if check_name in entries and check_name != "roundtrip":
-            check = load_check(reader, check_name, entries[check_name][1], f"{path}.{check_name}",
-                               interval, timeout, "auth" in entries)
-            if check is not None:
-                checks.append(check)
+            checks.append(load_check(reader, check_name, entries[check_name][1], f"{path}.{check_name}",
+                                     interval, timeout, "auth" in entries))
     if "smtp_profiles" in entries:
         checks.extend(load_profiles(reader, entries["smtp_profiles"][1], f"{path}.smtp_profiles", interval, timeout,
                                     "auth" in entries))
     if "roundtrip" in entries:
-        by_name = {c.name: c for c in checks if c.profile is None}
+        by_name: dict[str, CheckSettings] = {c.name: c for c in checks
+                                             if not isinstance(c, SmtpSettings) or c.profile is None}
         checks.extend(load_roundtrip(reader, entries["roundtrip"][1], f"{path}.roundtrip", interval, by_name,
                                      auth.username if auth is not None else None, "auth" in entries))
     if not any(c in entries for c in (*CHECK_NAMES, "smtp_profiles")):
         reader.problem(node, path, f"no checks: add at least one of {', '.join(CHECK_NAMES)}")
     if auth is not None and auth.oauth2 is not None:
-        if any(c.auth_mechanism for c in checks):
+        if any(isinstance(c, SmtpSettings) and c.auth_mechanism for c in checks):
             reader.problem(entries["smtp_profiles"][1], f"{path}.smtp_profiles",
                            "auth_mechanism (plain, login) needs a password; with oauth2 set auth.mechanism")
         checks = [replace(c, uses_token=True) if c.use_auth else c for c in checks]
@@ -107,7 +107,7 @@ def link_submitters(reader: YamlReader, targets: list[Target], nodes: dict[str, 
     for target in targets:
         checks = []
         for check in target.checks:
-            if check.submit_via is not None:
+            if isinstance(check, RoundTripSettings) and check.submit_via is not None:
                 where = f"{paths[target.name]}.roundtrip.submit_via"
                 node = _child(_child(nodes[target.name], "roundtrip"), "submit_via")
                 other = by_name.get(check.submit_via)
