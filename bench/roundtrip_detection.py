@@ -41,17 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import (  # noqa: E402
-    DEFAULT_JUNK_FOLDERS,
-    Auth,
-    ImapSettings,
-    Pop3Settings,
-    RoundTripSettings,
-    Secret,
-    SmtpSettings,
-    Target,
-    TlsSettings,
-)
+from monitor import config  # noqa: E402
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, RoundTripSettings, Secret, Target, TlsSettings  # noqa: E402
 from monitor.probes import PROBES, for_kind  # noqa: E402
 from monitor.probes import roundtrip as roundtrip_module  # noqa: E402
 from monitor.probes.roundtrip import RoundTrip  # noqa: E402
@@ -101,13 +92,13 @@ def lab_env() -> dict[str, str]:
 
 def lab_target(env: dict[str, str]) -> Target:
     password = Path(env["LAB_PASSWORD_FILE"]).read_text()
-    smtp = SmtpSettings(port=587, tls_mode="starttls", interval=60, timeout=10)
+    smtp = config.SmtpSettings(port=587, tls_mode="starttls", interval=60, timeout=10)
     trips = tuple(RoundTripSettings(port=port, tls_mode="implicit", interval=60, timeout=20, via=via,
                                     recipient=env["LAB_USER"], sender=env["LAB_USER"],
                                     junk_folders=DEFAULT_JUNK_FOLDERS)
                   for via, port in (("imap", 993), ("pop3", 995)))
-    imap = ImapSettings(port=993, tls_mode="implicit", interval=60, timeout=10)
-    pop3 = Pop3Settings(port=995, tls_mode="implicit", interval=60, timeout=10)
+    imap = config.ImapSettings(port=993, tls_mode="implicit", interval=60, timeout=10)
+    pop3 = config.Pop3Settings(port=995, tls_mode="implicit", interval=60, timeout=10)
     return Target(name="lab", host=env["LAB_HOST"], tls=TlsSettings(env["LAB_CA"], env["LAB_TLS_SERVER_NAME"]),
                   auth=Auth(env["LAB_USER"], Secret(password)), checks=(smtp, imap, pop3, *trips))
 
