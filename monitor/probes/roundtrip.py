@@ -122,7 +122,7 @@ class RoundTrip:
         # A loop between providers: submit through another target, read back here.
         submitter = self.targets.get(check.submit_via, target) if check.submit_via else target
         submission = submitter.first(SmtpSettings)
-        assert submission is not None  # the config loader proved it (_link_submitters, load_roundtrip)
+        assert submission is not None  # the config loader proved it (link_submitters, load_roundtrip)
         started = time.perf_counter()
         reserve = min(_RESERVE_MAX, check.timeout * _RESERVE_SHARE)
         give_up = started + check.timeout - reserve
