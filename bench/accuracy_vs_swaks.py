@@ -8,7 +8,7 @@ so that all see the same server state. Clients:
   mailmon           `Runner("bench").execute(target, check)` in this process, the target built as tests/conftest.py
                     `Lab.target("smtp", "starttls")` does: reported `duration_seconds`, wall time around
                     `execute()`, per-step phases
-  mailmon-tls12     the same with the check's `tls_max: "1.2"` (an existing CheckSettings field): a control, no
+  mailmon-tls12     the same with the check's `tls_max: "1.2"` (an existing SmtpSettings field): a control, no
                     TLS 1.3 NewSessionTicket after the handshake
   mailmon-quickack  the same as `mailmon` with a bench-side monkeypatch (monitor/ is not changed) that sets
                     TCP_QUICKACK on the socket right after each SMTP command is written: the candidate fix (since
@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import aiosmtplib  # noqa: E402
 from benchlib import WireCapture, lab_env, machine_line, median, ms, pct, wait_port  # noqa: E402
 
-from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings  # noqa: E402
+from monitor.config import Auth, Secret, SmtpSettings, Target, TlsSettings  # noqa: E402
 from monitor.runner import Runner  # noqa: E402
 
 LAPSE = re.compile(r"^=== response in (\d+(?:\.\d+)?)s", re.MULTILINE)
@@ -80,8 +80,8 @@ aiosmtplib.SMTP.execute_command = _execute_command_quickack  # type: ignore[meth
 
 def lab_target(env: dict[str, str], helo: str, tls_max: str | None = None) -> Target:
     """The lab's submission check, as tests/conftest.py `Lab.target("smtp", "starttls")` builds it."""
-    check = CheckSettings(name="smtp", port=int(env["LAB_SUBMISSION_PORT"]), tls_mode="starttls", interval=60.0,
-                          timeout=10.0, use_auth=True, helo_name=helo, tls_max=tls_max)
+    check = SmtpSettings(port=int(env["LAB_SUBMISSION_PORT"]), tls_mode="starttls", interval=60.0,
+                         timeout=10.0, use_auth=True, helo_name=helo, tls_max=tls_max)
     password = Path(env["LAB_PASSWORD_FILE"]).read_text()
     return Target(name="lab", host=env["LAB_HOST"], tls=TlsSettings(ca_file=env["LAB_CA"],
                                                                      server_name=env["LAB_TLS_SERVER_NAME"]),

@@ -108,13 +108,13 @@ async def child_main(use_auth: bool, concurrency: int, rate: float) -> None:
     import cProfile
 
     from monitor.app import App
-    from monitor.config import Auth, CheckSettings, Config, Secret, Target, TlsSettings
+    from monitor.config import Auth, Config, Secret, SmtpSettings, Target, TlsSettings
     from monitor.logs import setup_logging
 
     setup_logging("info")  # as `mailmon run` does by default: failures are logged, successes are not
     env = lab_env()
-    check = CheckSettings(name="smtp", port=int(env["LAB_SUBMISSION_PORT"]), tls_mode="starttls", interval=60.0,
-                          timeout=10.0, use_auth=use_auth)
+    check = SmtpSettings(port=int(env["LAB_SUBMISSION_PORT"]), tls_mode="starttls", interval=60.0,
+                         timeout=10.0, use_auth=use_auth)
     target = Target(name="lab", host=env["LAB_HOST"],
                     tls=TlsSettings(ca_file=env["LAB_CA"], server_name=env["LAB_TLS_SERVER_NAME"]),
                     auth=Auth(env["LAB_USER"], Secret(Path(env["LAB_PASSWORD_FILE"]).read_text())), checks=(check,))

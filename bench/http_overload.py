@@ -57,7 +57,7 @@ async def child_main(args: argparse.Namespace) -> None:
     if args.code:  # the monitor of another revision (--before), ahead of this checkout's
         sys.path.insert(0, args.code)
     from monitor.app import App
-    from monitor.config import Auth, CheckSettings, Config, HistorySettings, Secret, Target, TlsSettings
+    from monitor.config import PROTOCOL_KINDS, Auth, Config, HistorySettings, Secret, Target, TlsSettings
     from monitor.logs import setup_logging
     from monitor.result import Result
 
@@ -65,8 +65,8 @@ async def child_main(args: argparse.Namespace) -> None:
     ports = json.loads(args.ports)
     targets = tuple(
         Target(name=f"t{i:04d}", host="127.0.0.1", tls=TlsSettings(), auth=Auth("probe@bench.test", Secret("bench")),
-               checks=tuple(CheckSettings(name=name, port=int(ports[name]), tls_mode="none", interval=args.interval,
-                                          timeout=args.interval) for name in ("smtp", "imap", "pop3")))
+               checks=tuple(PROTOCOL_KINDS[name](port=int(ports[name]), tls_mode="none", interval=args.interval,
+                                                timeout=args.interval) for name in ("smtp", "imap", "pop3")))
         for i in range(args.targets))
     config = Config(vantage="bench", listen=args.listen, interval=args.interval, timeout=args.interval,
                     concurrency=64, targets=targets, source="<bench>", history=HistorySettings(path=args.history))

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.metrics_core import Metric  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings  # noqa: E402
+from monitor.config import PROTOCOL_KINDS, Auth, Secret, Target, TlsSettings  # noqa: E402
 from monitor.metrics import Metrics  # noqa: E402
 from monitor.result import Result  # noqa: E402
 
@@ -51,7 +51,7 @@ STEPS = {"smtp": ("dns", "connect", "banner", "ehlo", "auth", "quit"),
 
 
 def make_target(i: int) -> Target:
-    checks = tuple(CheckSettings(name=name, port=port, tls_mode="none", interval=60.0, timeout=15.0)
+    checks = tuple(PROTOCOL_KINDS[name](port=port, tls_mode="none", interval=60.0, timeout=15.0)
                    for name, port in (("smtp", 25), ("imap", 143), ("pop3", 110)))
     return Target(name=f"t{i:05d}", host="127.0.0.1", tls=TlsSettings(), auth=Auth("u", Secret("p")), checks=checks)
 

@@ -41,8 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings  # noqa: E402
-from monitor.probes import PROBES  # noqa: E402
+from monitor import config  # noqa: E402
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, RoundTripSettings, Secret, Target, TlsSettings  # noqa: E402
+from monitor.probes import PROBES, for_kind  # noqa: E402
 from monitor.probes import roundtrip as roundtrip_module  # noqa: E402
 from monitor.probes.roundtrip import RoundTrip  # noqa: E402
 from monitor.runner import Runner  # noqa: E402
@@ -91,12 +92,13 @@ def lab_env() -> dict[str, str]:
 
 def lab_target(env: dict[str, str]) -> Target:
     password = Path(env["LAB_PASSWORD_FILE"]).read_text()
-    smtp = CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60, timeout=10)
-    trips = tuple(CheckSettings(name="roundtrip", port=port, tls_mode="implicit", interval=60, timeout=20, via=via,
-                                recipient=env["LAB_USER"], sender=env["LAB_USER"], junk_folders=DEFAULT_JUNK_FOLDERS)
+    smtp = config.SmtpSettings(port=587, tls_mode="starttls", interval=60, timeout=10)
+    trips = tuple(RoundTripSettings(port=port, tls_mode="implicit", interval=60, timeout=20, via=via,
+                                    recipient=env["LAB_USER"], sender=env["LAB_USER"],
+                                    junk_folders=DEFAULT_JUNK_FOLDERS)
                   for via, port in (("imap", 993), ("pop3", 995)))
-    imap = CheckSettings(name="imap", port=993, tls_mode="implicit", interval=60, timeout=10)
-    pop3 = CheckSettings(name="pop3", port=995, tls_mode="implicit", interval=60, timeout=10)
+    imap = config.ImapSettings(port=993, tls_mode="implicit", interval=60, timeout=10)
+    pop3 = config.Pop3Settings(port=995, tls_mode="implicit", interval=60, timeout=10)
     return Target(name="lab", host=env["LAB_HOST"], tls=TlsSettings(env["LAB_CA"], env["LAB_TLS_SERVER_NAME"]),
                   auth=Auth(env["LAB_USER"], Secret(password)), checks=(smtp, imap, pop3, *trips))
 
@@ -153,7 +155,8 @@ async def one(target: Target, via: str, fast: bool, watch: MaildirWatch,
     roundtrip_module._FAST_WINDOW = saved if fast else 0.0
     try:
         check = next(c for c in target.checks if c.via == via and (port is None or c.port == port))
-        result = await Runner("bench", probes={**PROBES, "roundtrip": trip}).execute(target, check)
+        probes = {**PROBES, "roundtrip": for_kind(RoundTripSettings, trip)}
+        result = await Runner("bench", probes=probes).execute(target, check)
     finally:
         roundtrip_module._FAST_WINDOW = saved
     if not result.ok:

@@ -72,7 +72,7 @@ async def child_main(args: argparse.Namespace) -> None:
     if args.code:  # the monitor of another revision (--before), ahead of this checkout's
         sys.path.insert(0, args.code)
     from monitor.app import App
-    from monitor.config import Auth, CheckSettings, Config, Secret, Target, TlsSettings
+    from monitor.config import PROTOCOL_KINDS, Auth, CheckSettings, Config, Secret, Target, TlsSettings
     from monitor.logs import setup_logging
     from monitor.result import Result
 
@@ -80,8 +80,8 @@ async def child_main(args: argparse.Namespace) -> None:
     ports = json.loads(args.ports)
     targets = []
     for i in range(args.targets):
-        checks = tuple(CheckSettings(name=name, port=int(ports[name]), tls_mode="none", interval=args.interval,
-                                     timeout=15.0) for name in ("smtp", "imap", "pop3"))
+        checks = tuple(PROTOCOL_KINDS[name](port=int(ports[name]), tls_mode="none", interval=args.interval,
+                                           timeout=15.0) for name in ("smtp", "imap", "pop3"))
         targets.append(Target(name=f"t{i:05d}", host="127.0.0.1", tls=TlsSettings(),
                               auth=Auth("probe@bench.test", Secret("bench")), checks=checks))
     # No --failure-series: the config's default of the code under test.

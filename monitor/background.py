@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from monitor import selfcheck
 from monitor.changes import ChangeCalendars
-from monitor.config import CheckSettings, Config, Target, TlsSettings
+from monitor.config import CheckSettings, Config, SelfcheckRun, Target, TlsSettings
 from monitor.metrics import Metrics
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner
@@ -53,8 +53,7 @@ class Selfcheck:
         async def selfcheck_probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
             await selfcheck.probe(ctx, config, settings)
 
-        check = CheckSettings(name="selfcheck", port=0, tls_mode="none", interval=settings.interval,
-                              timeout=settings.timeout)
+        check = SelfcheckRun(port=0, tls_mode="none", interval=settings.interval, timeout=settings.timeout)
         target = Target(name=SELFCHECK_TARGET, host="", tls=TlsSettings(), auth=None, checks=(check,))
         result = await Runner(config.vantage, probes={"selfcheck": selfcheck_probe}).execute(target, check)
         self._record(result)

@@ -1,4 +1,5 @@
-"""Name resolution and TCP connect as two timed probe steps, giving probes a connected socket.
+"""Name resolution and TCP connect as two timed probe steps, giving probes a connected socket; and the small
+network helpers the config and the probes share (address literals, HOST:PORT, the EHLO name).
 
 Every protocol library gets a socket we connected ourselves. That makes `dns` and `connect` separate,
 timed steps, and a refused port fails at once with `ConnectionRefusedError` instead of hiding inside a
@@ -8,13 +9,14 @@ library's connect task until the deadline (aioimaplib does exactly that).
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import socket
 from collections.abc import Callable
 
-from monitor.config import is_address
 from monitor.result import ProbeContext
 
-__all__ = ["SocketFactory", "open_socket", "socket_factory"]
+__all__ = ["SocketFactory", "default_helo_name", "is_address", "open_socket", "parse_listen", "socket_factory"]
 
 # (family, type, proto) -> an unconnected socket. A seam: tests swap in one that fails with EMFILE,
 # EADDRNOTAVAIL and the like, which a real kernel gives only when the whole host is exhausted.
@@ -52,3 +54,28 @@ async def open_socket(ctx: ProbeContext, host: str, port: int, family: int = soc
         return sock
     assert last_error is not None  # getaddrinfo never returns an empty list without raising
     raise last_error
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` → (host, port); ValueError with a plain sentence otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9917 or [::1]:9917)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def is_address(host: str) -> bool:
+    """True for an IP address literal (which needs no name resolution)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.cache
+def default_helo_name() -> str:
+    """The name we announce in EHLO when the config names none; looked up once (it can block on DNS)."""
+    return socket.getfqdn() or "mailmon.localdomain"

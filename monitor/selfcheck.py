@@ -12,8 +12,9 @@ import asyncio
 import socket
 
 from monitor import resources
-from monitor.config import Config, SelfcheckSettings, is_address
+from monitor.config import Config, SelfcheckSettings
 from monitor.errors import LOCAL_RESOURCE_ERRNOS, ProbeError
+from monitor.net import is_address
 from monitor.result import ProbeContext
 from monitor.steps import Reason, Stage
 

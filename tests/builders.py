@@ -6,33 +6,39 @@ targets and config blocks stay with the lab (`tests.conftest.Lab.target`, `Lab.t
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from monitor.config import Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import KINDS, Auth, CheckBase, CheckSettings, Secret, Target, TlsSettings
 from monitor.result import Result, TlsFacts
 from monitor.steps import Reason, Stage
 
 if TYPE_CHECKING:
     from tests.conftest import Lab
 
-__all__ = ["LAB_CHECKS", "check", "config_file", "lab_config", "result", "target"]
+__all__ = ["LAB_CHECKS", "check", "config_file", "lab_config", "result", "settings", "target"]
 
 # The tests' fixed instant (2023-11-14): results that need no real time say when they ran with this.
 T0 = 1_700_000_000.0
 _DEFAULT_TLS = {"smtp": "starttls", "imap": "implicit", "pop3": "implicit", "roundtrip": "starttls"}
 _DEFAULT_PORT = {"none": 25, "starttls": 587, "implicit": 993}
 _AUTH = Auth("u", Secret("p"))
+S = TypeVar("S", bound=CheckBase)
 
 
 def check(name: str = "smtp", *, tls_mode: str | None = None, port: int | None = None, interval: float = 60.0,
           timeout: float = 15.0, **fields: Any) -> CheckSettings:
-    """A check's settings: `name`'s usual TLS mode and a plausible port unless given; any other field by keyword."""
-    mode = tls_mode or _DEFAULT_TLS.get(name, "none")
-    settings = CheckSettings(name=name, port=port or _DEFAULT_PORT[mode], tls_mode=mode, interval=interval,
-                             timeout=timeout)
-    return replace(settings, **fields) if fields else settings
+    """A check's settings of the kind `name`: its usual TLS mode and a plausible port unless given; any other field
+    by keyword (a round trip needs `via` and `recipient`)."""
+    return settings(KINDS[name], tls_mode=tls_mode, port=port, interval=interval, timeout=timeout, **fields)
+
+
+def settings(kind: type[S], *, tls_mode: str | None = None, port: int | None = None, interval: float = 60.0,
+             timeout: float = 15.0, **fields: Any) -> S:
+    """`check` typed by its kind (`settings(RoundTripSettings, via="imap", recipient=...)`), for a test that hands
+    it to that kind's probe."""
+    mode = tls_mode or _DEFAULT_TLS.get(kind.name, "none")
+    return kind(port=port or _DEFAULT_PORT[mode], tls_mode=mode, interval=interval, timeout=timeout, **fields)
 
 
 def target(name: str = "mx1", *checks: CheckSettings | str, host: str = "mail.example.test",

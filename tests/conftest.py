@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from monitor.config import DEFAULT_PORTS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import DEFAULT_PORTS, KINDS, Auth, Secret, Target, TlsSettings
 from monitor.result import Result
 from monitor.runner import Runner
 from tests import builders
@@ -69,9 +69,8 @@ class Lab:
     def target(self, check: str, tls_mode: str, *, port: int | None = None, password: str | None = None,
                ca: bool = True, with_auth: bool = True, timeout: float = 10.0, **extra: object) -> Target:
         """A one-check target aimed at the lab."""
-        settings = CheckSettings(name=check, port=port or DEFAULT_PORTS[(check, tls_mode)], tls_mode=tls_mode,
-                                 interval=60.0, timeout=timeout, use_auth=with_auth)
-        settings = replace(settings, **extra)  # type: ignore[arg-type]
+        settings = KINDS[check](port=port or DEFAULT_PORTS[(check, tls_mode)], tls_mode=tls_mode, interval=60.0,
+                                timeout=timeout, use_auth=with_auth, **extra)  # type: ignore[arg-type]
         auth = Auth(self.user, Secret(self.password if password is None else password)) if with_auth else None
         return Target(name="lab", host=self.host, tls=TlsSettings(ca_file=self.ca if ca else None,
                                                                   server_name=self.server_name),

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from monitor.client_errors import SESSION, ClientError, lookup, table
-from monitor.config import CheckSettings
+from monitor.config import CheckSettings, ImapSettings, Pop3Settings, SmtpSettings
 from monitor.metrics import possible_failures
 from monitor.steps import STEP_STAGE
 
 # The checks mailmon runs for each protocol, in their fullest form (TLS, AUTH, a test transaction).
-_CHECKS = {
-    "smtp": CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60, timeout=10,
-                          mail_from="probe@example.org", rcpt_to=("probe@example.org",)),
-    "imap": CheckSettings(name="imap", port=993, tls_mode="implicit", interval=60, timeout=10),
-    "pop3": CheckSettings(name="pop3", port=995, tls_mode="implicit", interval=60, timeout=10),
+_CHECKS: dict[str, CheckSettings] = {
+    "smtp": SmtpSettings(port=587, tls_mode="starttls", interval=60, timeout=10, mail_from="probe@example.org",
+                         rcpt_to=("probe@example.org",)),
+    "imap": ImapSettings(port=993, tls_mode="implicit", interval=60, timeout=10),
+    "pop3": Pop3Settings(port=995, tls_mode="implicit", interval=60, timeout=10),
 }
 _ROUNDTRIP_STAGES = {"data"}  # DATA is sent by the round trip's submission, not by the plain SMTP check
 

@@ -6,10 +6,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from monitor.config import CHECK_NAMES, DEFAULT_LISTEN, CheckSettings, Config, ConfigError, Secret, load, load_text
+from monitor.config import (
+    CHECK_NAMES,
+    DEFAULT_LISTEN,
+    CheckBase,
+    CheckSettings,
+    Config,
+    ConfigError,
+    ImapSettings,
+    Secret,
+    SmtpSettings,
+    load,
+    load_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path("tests") / "configs"  # relative to ROOT, so the expected lines read like the ones users see
@@ -139,10 +152,22 @@ def load_valid(name: str) -> Config:
     return load(str(CONFIGS / name), environ=PASSWORD_ENV)
 
 
+S = TypeVar("S", bound=CheckBase)
+
+
 def check_of(config: Config, target: str, check: str) -> CheckSettings:
     found = config.target(target)
     assert found is not None, f"no target {target!r}"
     return next(c for c in found.checks if c.name == check)
+
+
+def settings_of(config: Config, target: str, kind: type[S]) -> S:
+    """The target's first check of the settings type `kind`."""
+    found = config.target(target)
+    assert found is not None, f"no target {target!r}"
+    settings = found.first(kind)
+    assert settings is not None, f"target {target!r} has no {kind.name} check"
+    return settings
 
 
 @pytest.fixture(autouse=True)
@@ -274,8 +299,7 @@ def test_minimal_config_gets_defaults() -> None:
     assert (target.name, target.host, target.auth) == ("mx1", "mx1.example.test", None)
     assert target.server_name == "mx1.example.test"
     assert target.tls.ca_file is None
-    assert target.checks == (CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=15.0,
-                                           use_auth=False),)
+    assert target.checks == (SmtpSettings(port=587, tls_mode="starttls", interval=60.0, timeout=15.0, use_auth=False),)
 
 
 @pytest.mark.parametrize(("target", "check", "tls_mode", "port"), [
@@ -322,9 +346,9 @@ def test_full_config_top_level_settings() -> None:
     assert [t.name for t in config.targets] == ["submission", "smtps", "mx", "mailbox", "mailbox-plain"]
     smtps = config.target("smtps")
     assert smtps is not None and smtps.server_name == "mail.example.test"
-    assert check_of(config, "mailbox", "imap").mailbox == "Probes"
-    assert check_of(config, "mailbox-plain", "imap").mailbox == "INBOX"
-    mx = check_of(config, "mx", "smtp")
+    assert settings_of(config, "mailbox", ImapSettings).mailbox == "Probes"
+    assert settings_of(config, "mailbox-plain", ImapSettings).mailbox == "INBOX"
+    mx = settings_of(config, "mx", SmtpSettings)
     assert mx.helo_name == "monitor.example.test"
     assert mx.mail_from == "probe@example.test"
     assert mx.rcpt_to == ("postmaster@example.test", "abuse@example.test")
@@ -400,8 +424,7 @@ def test_smtp_without_auth_block_is_an_mx_check() -> None:
     config = load_valid("valid-mx-no-auth.yml")
     [target] = config.targets
     assert target.auth is None
-    assert target.checks == (CheckSettings(name="smtp", port=25, tls_mode="none", interval=60.0, timeout=15.0,
-                                           use_auth=False),)
+    assert target.checks == (SmtpSettings(port=25, tls_mode="none", interval=60.0, timeout=15.0, use_auth=False),)
 
 
 def test_smtp_auth_can_be_turned_off_per_check() -> None:

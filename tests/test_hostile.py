@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from monitor.config import CheckSettings, Secret, Target, TlsSettings
-from monitor.probes import PROBES
+from monitor.config import RoundTripSettings, Secret, SmtpSettings, Target, TlsSettings
+from monitor.probes import PROBES, for_kind
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import Result
 from monitor.runner import Runner
@@ -70,15 +70,16 @@ def fake_target(check: str, port: int, *, tls_mode: str = "none", timeout: float
 
 def roundtrip_target(port: int, *, via: str, timeout: float, ca_file: str | None) -> Target:
     """A round trip reading back from the fake on `port` (the read-back session opens before any SMTP)."""
-    smtp = CheckSettings(name="smtp", port=free_port(), tls_mode="none", interval=60.0, timeout=timeout)
-    roundtrip = CheckSettings(name="roundtrip", port=port, tls_mode="none", interval=60.0, timeout=timeout,
-                              via=via, recipient="u@example.test")
+    smtp = SmtpSettings(port=free_port(), tls_mode="none", interval=60.0, timeout=timeout)
+    roundtrip = RoundTripSettings(port=port, tls_mode="none", interval=60.0, timeout=timeout, via=via,
+                                  recipient="u@example.test")
     base = local_target("smtp", port)
     return replace(base, tls=TlsSettings(ca_file=ca_file, server_name=SERVER_NAME), checks=(roundtrip, smtp))
 
 
 def runner() -> Runner:
-    return Runner("test", probes={**PROBES, "roundtrip": RoundTrip(Secret("k" * 32), "test")})
+    trip = RoundTrip(Secret("k" * 32), "test")
+    return Runner("test", probes={**PROBES, "roundtrip": for_kind(RoundTripSettings, trip)})
 
 
 # --- behaviours that are not a scripted reply -------------------------------------------------------------

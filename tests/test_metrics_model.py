@@ -7,7 +7,15 @@ import itertools
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.config import CheckSettings, Target
+from monitor.config import (
+    PROTOCOL_KINDS,
+    CheckSettings,
+    ImapSettings,
+    Pop3Settings,
+    RoundTripSettings,
+    SmtpSettings,
+    Target,
+)
 from monitor.errors import REASONS, STAGES
 from monitor.metrics import Metrics, expected_phases, possible_failures
 from monitor.result import Result, TlsFacts
@@ -146,16 +154,18 @@ def test_skips_are_counted(registry: CollectorRegistry, metrics: Metrics) -> Non
 
 
 @pytest.mark.parametrize("check", [
-    CheckSettings(name=name, port=1, tls_mode=mode, interval=60.0, timeout=15.0, use_auth=use_auth,
-                  mail_from="a@example.test" if dry_run else None, rcpt_to=("b@example.test",) if dry_run else ())
-    for name, mode, use_auth, dry_run in itertools.product(
-        ("smtp", "imap", "pop3"), ("starttls", "implicit", "none"), (True, False), (True, False))
-    if name == "smtp" or not dry_run
+    SmtpSettings(port=1, tls_mode=mode, interval=60.0, timeout=15.0, use_auth=use_auth,
+                 mail_from="a@example.test" if dry_run else None, rcpt_to=("b@example.test",) if dry_run else ())
+    for mode, use_auth, dry_run in itertools.product(("starttls", "implicit", "none"), (True, False), (True, False))
 ] + [
-    CheckSettings(name="roundtrip", port=993, tls_mode="implicit", interval=60.0, timeout=60.0, via=via,
-                  recipient="probe@example.test", sender="probe@example.test")
+    kind(port=1, tls_mode=mode, interval=60.0, timeout=15.0, use_auth=use_auth)
+    for kind, mode, use_auth in itertools.product((ImapSettings, Pop3Settings), ("starttls", "implicit", "none"),
+                                                  (True, False))
+] + [
+    RoundTripSettings(port=993, tls_mode="implicit", interval=60.0, timeout=60.0, via=via,
+                      recipient="probe@example.test", sender="probe@example.test")
     for via in ("imap", "pop3")
-], ids=lambda c: f"{c.key}-{c.tls_mode}-auth{int(c.use_auth)}-dry{int(c.mail_from is not None)}")
+], ids=lambda c: f"{c.key}-{c.tls_mode}-auth{int(c.use_auth)}-dry{int(getattr(c, 'mail_from', None) is not None)}")
 def test_possible_failures_are_in_the_closed_sets(check: CheckSettings) -> None:
     """Every pre-created (stage, reason) pair uses a known stage and a known reason, once."""
     pairs = possible_failures(check)
@@ -168,8 +178,8 @@ def test_possible_failures_are_in_the_closed_sets(check: CheckSettings) -> None:
 
 def test_possible_failures_cover_the_steps_of_the_check() -> None:
     """An authenticating STARTTLS smtp check with a dry run can fail in each of its stages."""
-    check = CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=15.0,
-                          mail_from="a@example.test", rcpt_to=("b@example.test",))
+    check = SmtpSettings(port=587, tls_mode="starttls", interval=60.0, timeout=15.0, mail_from="a@example.test",
+                         rcpt_to=("b@example.test",))
     pairs = set(possible_failures(check))
     for pair in [("dns", "unreachable"), ("connect", "refused"), ("tls", "cert_expired"), ("greeting", "reply_4xx"),
                  ("ehlo", "reply_5xx"), ("auth", "auth_rejected"), ("mail_from", "reply_5xx"), ("rcpt", "reply_5xx"),
@@ -268,7 +278,7 @@ def test_at_most_20_series_per_check_by_default() -> None:
 
     registry = CollectorRegistry()
     metrics = Metrics(registry, VANTAGE)
-    checks = tuple(CheckSettings(name=name, port=port, tls_mode="none", interval=60.0, timeout=15.0, use_auth=True)
+    checks = tuple(PROTOCOL_KINDS[name](port=port, tls_mode="none", interval=60.0, timeout=15.0, use_auth=True)
                    for name, port in (("smtp", 25), ("imap", 143), ("pop3", 110)))
     metrics.add_target(Target(name="mx1", host="mail.example.test", tls=TlsSettings(), auth=Auth("u", Secret("p")),
                               checks=checks))

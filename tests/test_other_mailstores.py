@@ -29,7 +29,17 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import (
+    DEFAULT_JUNK_FOLDERS,
+    PROTOCOL_KINDS,
+    Auth,
+    CheckSettings,
+    RoundTripSettings,
+    Secret,
+    SmtpSettings,
+    Target,
+    TlsSettings,
+)
 from monitor.probe_message import build_message, new_probe
 from monitor.probes.readback import ImapReadback
 from monitor.result import ProbeContext
@@ -166,13 +176,12 @@ def _target(lab: Lab, via: str, port: int, *, submission: int = 587, timeout: fl
     """A target that submits to `submission` (587: the lab's Postfix, else a plain MX-like port) and reads back
     over `via` on `port` without TLS."""
     if submission == 587:
-        smtp = CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=10.0)
+        smtp = SmtpSettings(port=587, tls_mode="starttls", interval=60.0, timeout=10.0)
     else:
-        smtp = CheckSettings(name="smtp", port=submission, tls_mode="none", interval=60.0, timeout=10.0,
-                             use_auth=False)
-    trip = CheckSettings(name="roundtrip", port=port, tls_mode="none", interval=120.0, timeout=timeout, via=via,
-                         recipient=lab.user, sender=lab.user, junk_folders=DEFAULT_JUNK_FOLDERS)
-    check = CheckSettings(name=via, port=port, tls_mode="none", interval=120.0, timeout=10.0)
+        smtp = SmtpSettings(port=submission, tls_mode="none", interval=60.0, timeout=10.0, use_auth=False)
+    trip = RoundTripSettings(port=port, tls_mode="none", interval=120.0, timeout=timeout, via=via, recipient=lab.user,
+                             sender=lab.user, junk_folders=DEFAULT_JUNK_FOLDERS)
+    check = PROTOCOL_KINDS[via](port=port, tls_mode="none", interval=120.0, timeout=10.0)
     return Target(name="other", host=lab.host, tls=TlsSettings(ca_file=lab.ca, server_name=lab.server_name),
                   auth=Auth(lab.user, Secret(lab.password)), checks=(smtp, check, trip))
 
@@ -250,7 +259,9 @@ async def test_select_without_uidnext_starts_after_the_last_message(lab: Lab, co
     uids = await asyncio.to_thread(_courier_uids, lab)
     assert len(uids) == 20
     target = _target(lab, "imap", courier)
-    reader = ImapReadback(ProbeContext(), target, _check(target, "roundtrip", "imap"), KEY.reveal().encode())
+    trip = _check(target, "roundtrip", "imap")
+    assert isinstance(trip, RoundTripSettings)
+    reader = ImapReadback(ProbeContext(), target, trip, KEY.reveal().encode())
     try:
         await reader.open()
         assert reader.next_uid == max(uids) + 1

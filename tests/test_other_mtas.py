@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import CheckSettings, Target
+from monitor.config import SmtpSettings, Target
 from tests.conftest import Lab
 from tests.processes import end_session, wait_listening
 from tests.test_roundtrip_lab import roundtrip_target, runner, via
@@ -147,7 +147,7 @@ def opensmtpd(lab: Lab) -> Iterator[Path]:
 def _through(lab: Lab, port: int) -> Target:
     """The lab target with its submission sent to another MTA on `port` (plain SMTP, no AUTH, like an MX)."""
     target = roundtrip_target(lab)
-    smtp = CheckSettings(name="smtp", port=port, tls_mode="none", interval=60.0, timeout=10.0, use_auth=False)
+    smtp = SmtpSettings(port=port, tls_mode="none", interval=60.0, timeout=10.0, use_auth=False)
     return replace(target, checks=(smtp, *[c for c in target.checks if c.name != "smtp"]))
 
 

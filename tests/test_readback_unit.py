@@ -9,7 +9,7 @@ from typing import Any
 
 from aioimaplib.aioimaplib import Response
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target
+from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, RoundTripSettings, Secret, Target
 from monitor.probe_message import new_probe, parse_header, verify
 from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, Pop3Readback, is_stale
 from monitor.probes.roundtrip import RoundTrip
@@ -21,8 +21,8 @@ KEY = b"unit-test-probe-key-0123456789"
 
 
 def _readback() -> ImapReadback:
-    check = builders.check("roundtrip", port=993, tls_mode="implicit", timeout=20, via="imap", recipient="p@x.test",
-                           junk_folders=DEFAULT_JUNK_FOLDERS)
+    check = builders.settings(RoundTripSettings, port=993, tls_mode="implicit", timeout=20, via="imap",
+                              recipient="p@x.test", junk_folders=DEFAULT_JUNK_FOLDERS)
     target = builders.target("t", check, host="127.0.0.1", auth=Auth("p@x.test", Secret("pw")))
     return ImapReadback(ProbeContext(), target, check, KEY)
 
@@ -87,11 +87,12 @@ def test_wrong_key_never_verifies() -> None:
 def test_pop3_known_plain_cache_belongs_to_its_round_trip() -> None:
     """The UIDLs known not to be probes are kept per round-trip probe and mailbox, not in a process-wide class cache
     (which outlived reloads, App instances and tests)."""
-    pop3 = builders.target("t", builders.check("roundtrip", via="pop3", recipient="p@x.test"))
+    check = builders.settings(RoundTripSettings, via="pop3", recipient="p@x.test")
+    pop3 = builders.target("t", check)
     trip = RoundTrip(Secret("k" * 32), "test")
-    first = trip.reader(ProbeContext(), pop3, pop3.checks[0])
-    again = trip.reader(ProbeContext(), pop3, pop3.checks[0])
-    other = RoundTrip(Secret("k" * 32), "test").reader(ProbeContext(), pop3, pop3.checks[0])
+    first = trip.reader(ProbeContext(), pop3, check)
+    again = trip.reader(ProbeContext(), pop3, check)
+    other = RoundTrip(Secret("k" * 32), "test").reader(ProbeContext(), pop3, check)
     assert isinstance(first, Pop3Readback) and isinstance(again, Pop3Readback) and isinstance(other, Pop3Readback)
     first._known.add("uidl-1")
     assert "uidl-1" in again._known

@@ -10,9 +10,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, Secret, Target, TlsSettings
+from monitor.config import (
+    DEFAULT_JUNK_FOLDERS,
+    Auth,
+    ImapSettings,
+    Pop3Settings,
+    RoundTripSettings,
+    Secret,
+    SmtpSettings,
+    Target,
+    TlsSettings,
+)
 from monitor.probe_message import ProbeHeader, build_message, new_probe, parse_header, verify
-from monitor.probes import PROBES
+from monitor.probes import PROBES, for_kind
 from monitor.probes.readback import ImapReadback, Pop3Readback
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext, Result
@@ -27,22 +37,22 @@ KEY = Secret("test-probe-key-0123456789abcdef")
 
 def roundtrip_target(lab: Lab, timeout: float = 20.0, name: str = "lab") -> Target:
     """The lab as a target with SMTP submission, IMAP and POP3 blocks and round trips over both."""
-    smtp = CheckSettings(name="smtp", port=587, tls_mode="starttls", interval=60.0, timeout=10.0)
-    imap = CheckSettings(name="imap", port=993, tls_mode="implicit", interval=60.0, timeout=10.0)
-    pop3 = CheckSettings(name="pop3", port=995, tls_mode="implicit", interval=60.0, timeout=10.0)
-    trips = tuple(CheckSettings(name="roundtrip", port=c.port, tls_mode=c.tls_mode, interval=60.0, timeout=timeout,
-                                via=c.name, recipient=lab.user, sender=lab.user, junk_folders=DEFAULT_JUNK_FOLDERS)
+    smtp = SmtpSettings(port=587, tls_mode="starttls", interval=60.0, timeout=10.0)
+    imap = ImapSettings(port=993, tls_mode="implicit", interval=60.0, timeout=10.0)
+    pop3 = Pop3Settings(port=995, tls_mode="implicit", interval=60.0, timeout=10.0)
+    trips = tuple(RoundTripSettings(port=c.port, tls_mode=c.tls_mode, interval=60.0, timeout=timeout, via=c.name,
+                                    recipient=lab.user, sender=lab.user, junk_folders=DEFAULT_JUNK_FOLDERS)
                   for c in (imap, pop3))
     return Target(name=name, host=lab.host, tls=TlsSettings(ca_file=lab.ca, server_name=lab.server_name),
                   auth=Auth(lab.user, Secret(lab.password)), checks=(smtp, imap, pop3, *trips))
 
 
 def runner(vantage: str = "test") -> Runner:
-    return Runner(vantage, probes={**PROBES, "roundtrip": RoundTrip(KEY, vantage)})
+    return Runner(vantage, probes={**PROBES, "roundtrip": for_kind(RoundTripSettings, RoundTrip(KEY, vantage))})
 
 
-def via(target: Target, protocol: str) -> CheckSettings:
-    return next(c for c in target.checks if c.via == protocol)
+def via(target: Target, protocol: str) -> RoundTripSettings:
+    return next(c for c in target.checks if isinstance(c, RoundTripSettings) and c.via == protocol)
 
 
 def probe_messages(lab: Lab) -> list[mailbox.Message]:
@@ -155,7 +165,8 @@ async def test_message_in_junk_folder_is_its_own_outcome(lab: Lab, clean_inbox: 
         return await original(ctx, target, submission, check, header)
 
     trip._submit = submit_and_file_in_junk  # type: ignore[method-assign]
-    result = await Runner("test", probes={**PROBES, "roundtrip": trip}).execute(target, check)
+    result = await Runner("test", probes={**PROBES, "roundtrip": for_kind(RoundTripSettings, trip)}).execute(target,
+                                                                                                          check)
     assert (result.stage, result.reason) == ("delivery", "junk"), result.detail
     assert "Junk" in result.detail
     assert [m for m in mailbox.snapshot(lab, "Junk").values() if m.probe_header] == []

@@ -96,3 +96,22 @@ def test_settings_that_cannot_be_applied_are_refused_with_file_line(cert: Path, 
         load_web_config(str(web))
     text = "\n".join(caught.value.problems)
     assert f"{web}:{line}:" in text and message in text, text
+
+
+def test_invalid_yaml_is_reported_with_file_line(tmp_path: Path) -> None:
+    """A web config that is not YAML names the file and the line, as the main config does."""
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(str(web))
+    assert caught.value.problems[0].startswith(f"{web}:3: not valid YAML: "), caught.value.problems
+
+
+def test_problems_are_sorted_by_line(cert: Path) -> None:
+    """Problems come in file order, not in the order the loader happens to check the sections."""
+    web = cert / "sorted.yml"
+    web.write_text("basic_auth_users:\n  alice: plaintext\ntls_server_config:\n  cert_file: web.pem\n"
+                   "  key_file: web.key\n  curve_preferences: [CurveP256]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(str(web))
+    assert [p.split(": ", 1)[0] for p in caught.value.problems] == [f"{web}:2", f"{web}:6"], caught.value.problems

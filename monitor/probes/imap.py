@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from aioimaplib import aioimaplib
 
-from monitor.config import CheckSettings, Target
+from monitor.config import ImapSettings, RoundTripSettings, Target
 from monitor.errors import ProbeError
 from monitor.families import address_family
 from monitor.net import open_socket
@@ -161,7 +161,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 class ImapSession:
     """One IMAP connection of a probe; also used by the round trip to read mail back."""
 
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    def __init__(self, ctx: ProbeContext, target: Target, check: ImapSettings | RoundTripSettings) -> None:
         self.ctx = ctx
         self.target = target
         self.check = check
@@ -398,7 +398,7 @@ def _text(response: aioimaplib.Response) -> str:
     return " ".join(lines)[-300:]
 
 
-async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+async def probe(ctx: ProbeContext, target: Target, check: ImapSettings) -> None:
     """Run the `imap` check once; raises on failure, returns on success."""
     session = ImapSession(ctx, target, check)
     try:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import replace
 
-from monitor.config import CheckSettings, Target
+from monitor.config import SmtpSettings, Target
 from monitor.errors import ProbeError, classify
 from monitor.mx import MxHost, resolve_mx
 from monitor.probes import smtp
@@ -24,7 +24,7 @@ def _family_ok(address: str, ip_family: str | None) -> bool:
     return (":" in address) == (ip_family == "ipv6")
 
 
-async def _try_host(ctx: ProbeContext, target: Target, check: CheckSettings, host: MxHost,
+async def _try_host(ctx: ProbeContext, target: Target, check: SmtpSettings, host: MxHost,
                     budget: float) -> tuple[ProbeContext | None, ProbeError | None]:
     """The smtp check against one MX host (its first addresses), within `budget` seconds."""
     addresses = [a for a in host.addresses if _family_ok(a, check.ip_family)][:_ADDRESSES_PER_HOST]
@@ -56,7 +56,7 @@ async def _try_host(ctx: ProbeContext, target: Target, check: CheckSettings, hos
     return None, failure
 
 
-async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+async def probe(ctx: ProbeContext, target: Target, check: SmtpSettings) -> None:
     """Resolve the MX records, then the smtp check against each MX host, most preferred first."""
     assert target.mx is not None
     ctx.step("dns")
@@ -104,7 +104,7 @@ async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None
                                                       for h in aliases))
 
 
-async def smtp_or_mx(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+async def smtp_or_mx(ctx: ProbeContext, target: Target, check: SmtpSettings) -> None:
     """The `smtp` probe: the MX walk for an MX target, the plain smtp check otherwise."""
     if target.mx is not None:
         await probe(ctx, target, check)

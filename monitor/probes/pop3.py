@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from monitor.config import CheckSettings, Target
+from monitor.config import Pop3Settings, RoundTripSettings, Target
 from monitor.errors import ProbeError
 from monitor.families import address_family
 from monitor.net import open_socket
@@ -103,7 +103,7 @@ def login_delay_advice(delay: float) -> str:
 class Pop3Session:
     """One POP3 connection of a probe; also used by the round trip to read mail back."""
 
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    def __init__(self, ctx: ProbeContext, target: Target, check: Pop3Settings | RoundTripSettings) -> None:
         self.ctx = ctx
         self.target = target
         self.check = check
@@ -310,7 +310,7 @@ class Pop3Session:
             self.writer.transport.abort()
 
 
-async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+async def probe(ctx: ProbeContext, target: Target, check: Pop3Settings) -> None:
     """Run the `pop3` check once; raises on failure, returns on success."""
     session = Pop3Session(ctx, target, check)
     try:

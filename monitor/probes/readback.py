@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import Protocol
 
-from monitor.config import CheckSettings, Target
+from monitor.config import ImapSettings, RoundTripSettings, Target
 from monitor.errors import ProbeError
 from monitor.probe_message import HEADER, ProbeHeader, verify
 from monitor.probes.imap import ImapSession
@@ -93,7 +93,7 @@ class Readback(Protocol):
 class ImapReadback:
     """IMAP reader: one session, INBOX selected; new mail found by UID range, IDLE for the long tail."""
 
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes) -> None:
+    def __init__(self, ctx: ProbeContext, target: Target, check: ImapSettings | RoundTripSettings, key: bytes) -> None:
         self.ctx = ctx
         self.check = check
         self.key = key
@@ -272,7 +272,9 @@ class ImapReadback:
     async def _folders(self) -> list[str]:
         """Configured junk folders that exist, plus any folder the server marks \\Junk (RFC 6154)."""
         response = await self.session.watch(self._protocol.simple_command("LIST", '""', '"*"'))
-        wanted = {name.lower() for name in self.check.junk_folders}
+        # Over a submitter's imap block (a bounce search) there are no junk folders to look in: none are configured.
+        junk_folders = self.check.junk_folders if isinstance(self.check, RoundTripSettings) else ()
+        wanted = {name.lower() for name in junk_folders}
         found: list[str] = []
         for line in response.lines[:-1]:
             match = _LIST_LINE.match(line) if isinstance(line, bytes) else None
@@ -340,7 +342,7 @@ class Pop3Readback:
     quits in the session that found the message, so one round trip costs one login.
     """
 
-    def __init__(self, ctx: ProbeContext, target: Target, check: CheckSettings, key: bytes,
+    def __init__(self, ctx: ProbeContext, target: Target, check: RoundTripSettings, key: bytes,
                  known_plain: set[str] | None = None) -> None:
         self.ctx = ctx
         self.target = target

@@ -26,7 +26,7 @@ from tenacity import (
 
 from monitor.authres import read_headers
 from monitor.bounces import Bounce, parse_dsn
-from monitor.config import CheckSettings, Secret, Target
+from monitor.config import ImapSettings, RoundTripSettings, Secret, SmtpSettings, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
 from monitor.probes.pop3 import login_delay_advice
@@ -106,7 +106,7 @@ class RoundTrip:
         # POP3 UIDLs known not to be probe messages, per (host, port, user): lives as long as this probe table.
         self.known_plain: dict[tuple[str, int, str], set[str]] = {}
 
-    def reader(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> Readback:
+    def reader(self, ctx: ProbeContext, target: Target, check: RoundTripSettings) -> Readback:
         key = self.key.reveal().encode()
         if check.via == "imap":
             return ImapReadback(ctx, target, check, key)
@@ -116,11 +116,11 @@ class RoundTrip:
         reader.vantage = self.vantage  # with a LOGIN-DELAY its looks sweep too: no other login may
         return reader
 
-    async def __call__(self, ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+    async def __call__(self, ctx: ProbeContext, target: Target, check: RoundTripSettings) -> None:
         # A loop between providers: submit through another target, read back here.
         submitter = self.targets.get(check.submit_via, target) if check.submit_via else target
-        submission = submitter.settings("smtp")
-        assert submission is not None and check.via is not None and check.recipient is not None
+        submission = submitter.first(SmtpSettings)
+        assert submission is not None  # the config loader proved it (link_submitters, load_roundtrip)
         started = time.perf_counter()
         reserve = min(_RESERVE_MAX, check.timeout * _RESERVE_SHARE)
         give_up = started + check.timeout - reserve
@@ -171,7 +171,7 @@ class RoundTrip:
             ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
 
     @staticmethod
-    def _never_looked(reader: Readback, check: CheckSettings) -> None:
+    def _never_looked(reader: Readback, check: RoundTripSettings) -> None:
         """A POP3 read-back whose server's LOGIN-DELAY allowed no look before the deadline did not see the message
         missing: it could not look. Say that, and what would work, rather than `not_delivered`."""
         if isinstance(reader, Pop3Readback) and reader.login_delay and reader.looks == 0:
@@ -207,10 +207,9 @@ class RoundTrip:
         except Exception as exc:
             raise ProbeError(stage, classify(exc, stage)[1], f"read-back: {exc}") from exc
 
-    async def _submit(self, ctx: ProbeContext, target: Target, submission: CheckSettings, check: CheckSettings,
+    async def _submit(self, ctx: ProbeContext, target: Target, submission: SmtpSettings, check: RoundTripSettings,
                       header: ProbeHeader) -> tuple[float, int]:
         """Send the probe message; returns when the server accepted it (perf_counter time) and its size."""
-        assert check.recipient is not None
         message, message_id = build_message(header, check.sender or check.recipient, check.recipient)
         ctx.message_id = message_id
         client = await smtp_session(ctx, target, submission)
@@ -256,7 +255,7 @@ class RoundTrip:
     async def _bounced(self, ctx: ProbeContext, submitter: Target, header: ProbeHeader) -> None:
         """A probe that never arrived may have bounced to its sender: the submitting target's mailbox (over its imap
         block) holds the DSN, which says why (`5.2.2`: the recipient's mailbox is full). The DSN is deleted."""
-        imap = submitter.settings("imap")
+        imap = submitter.first(ImapSettings)
         if imap is None:
             return
         key = self.key.reveal().encode()

@@ -13,10 +13,10 @@ import socket
 
 import aiosmtplib
 
-from monitor.config import CheckSettings, Target, default_helo_name
+from monitor.config import SmtpSettings, Target
 from monitor.errors import ProbeError, smtp_reply_reason
 from monitor.families import address_family
-from monitor.net import open_socket
+from monitor.net import default_helo_name, open_socket
 from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
@@ -30,7 +30,8 @@ __all__ = ["probe", "quit_session", "record_reply", "smtp_session"]
 STEPS = declare(Kind("smtp", side="send", steps=run(
     "dns", "connect", (IMPLICIT_TLS, ("tls",)), "banner", "ehlo", (STARTTLS, ("starttls", "ehlo_tls")),
     (TOKEN, ("token",)), (When("with credentials", lambda check: check.use_auth), ("auth",)),
-    (When("dry run: mail_from set", lambda check: bool(check.mail_from)), ("mail_from", "rcpt", "rset")), "quit"),
+    (When("dry run: mail_from set", lambda check: isinstance(check, SmtpSettings) and bool(check.mail_from)),
+     ("mail_from", "rcpt", "rset")), "quit"),
     # An MX target's smtp check (host: {mx: DOMAIN}, monitor/mx.py) also reads the domain's MX records.
     extra_failures=(("dns", "nxdomain"), ("dns", "no_mx"), ("dns", "mx_unresolvable"), ("dns", "mx_cname"))))
 
@@ -109,7 +110,7 @@ async def _command(ctx: ProbeContext, client: aiosmtplib.SMTP, stage: Stage, lin
     return response
 
 
-async def smtp_session(ctx: ProbeContext, target: Target, check: CheckSettings) -> aiosmtplib.SMTP:
+async def smtp_session(ctx: ProbeContext, target: Target, check: SmtpSettings) -> aiosmtplib.SMTP:
     """Open an SMTP session up to and including AUTH; the caller continues the dialogue and quits.
 
     Shared by the `smtp` check and the round trip's submission, so both speak exactly the same way.
@@ -188,7 +189,7 @@ async def _authenticate(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Targ
 
 
 async def _authenticate_oauth2(ctx: ProbeContext, client: aiosmtplib.SMTP, target: Target,
-                               check: CheckSettings) -> None:
+                               check: SmtpSettings) -> None:
     """AUTH XOAUTH2 / OAUTHBEARER with the identity's token; one mechanism, and one more try only with a renewed
     token when the server rejected one that had not expired (revoked)."""
     auth = target.auth
@@ -260,7 +261,7 @@ async def quit_session(ctx: ProbeContext, client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
-async def probe(ctx: ProbeContext, target: Target, check: CheckSettings) -> None:
+async def probe(ctx: ProbeContext, target: Target, check: SmtpSettings) -> None:
     """Run the `smtp` check once; raises on failure, returns on success."""
     client = await smtp_session(ctx, target, check)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from monitor.authres import auth_note
 from monitor.changes import ChangeCalendars
-from monitor.config import Config, Target
+from monitor.config import Config, ImapSettings, RoundTripSettings, Target
 from monitor.diagnose import freshness
 from monitor.explain import Answer, explain
 from monitor.ondemand import OnDemand
@@ -131,7 +131,7 @@ def quota_note(target: Target, results: list[Result]) -> str:
     notes = []
     for result in results:
         check = next((c for c in target.checks if c.key == result.key), None)
-        if check is None or not result.quota:
+        if not isinstance(check, ImapSettings | RoundTripSettings) or not result.quota:
             continue
         name, (usage, limit) = max(result.quota.items(), key=lambda item: item[1][0] / item[1][1])
         if usage / limit >= check.quota_warning:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import bcrypt
 import yaml
 
-from monitor.config import ConfigError, YamlReader
+from monitor.config import ConfigError
+from monitor.config.reader import YamlReader, compose, read_text
 
 __all__ = ["WebConfig", "load_web_config"]
 
@@ -94,16 +95,8 @@ class WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Read and check a web config file; raises ConfigError with every problem."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the web config file: {exc.strerror}"]) from None
+    root = compose(read_text(path, "web config file"), path)
     reader = YamlReader(path)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     config = WebConfig()
     if root is None:
         return config  # an empty file: plain HTTP, no auth (as the exporter toolkit treats it)
@@ -134,7 +127,7 @@ def load_web_config(path: str) -> WebConfig:
                            "is not supported by mailmon (the headers would not be sent): remove it, or set them "
                            "on a reverse proxy")
     if reader.problems:
-        raise ConfigError(reader.problems)
+        raise ConfigError(reader.sorted_problems())
     return config
 
 
