@@ -2,7 +2,7 @@
 loudly, rather than as hung or unbounded IMAP probes in production.
 
 monitor/probes/imap.py reads `incomplete_line` (to bound a response line that never ends), cancels `tasks` (the
-library's background work) on close, and overrides `_continuation` / `_handle_line`; monitor/probes/readback.py
+library's background work) on close, and overrides `_continuation` / `_handle_line`; monitor/probes/readback_imap.py
 reads IDLE pushes from `idle_queue`. pyproject.toml pins the minor series these tests passed on.
 """
 
@@ -82,7 +82,8 @@ async def test_background_work_is_in_tasks() -> None:
 
 
 async def test_idle_pushes_arrive_on_idle_queue() -> None:
-    """During IDLE the server's untagged lines arrive, as lists of lines, on `idle_queue` (readback.py waits there)."""
+    """During IDLE the server's untagged lines arrive, as lists of lines, on `idle_queue` (readback_imap.py waits
+    there)."""
     protocol, wire = _connected()
     assert isinstance(protocol.idle_queue, asyncio.Queue)
     protocol.state, protocol.capabilities = aioimaplib.SELECTED, {"IMAP4REV1", "IDLE"}

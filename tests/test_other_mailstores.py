@@ -41,7 +41,7 @@ from monitor.config import (
     TlsSettings,
 )
 from monitor.probe_message import build_message, new_probe
-from monitor.probes.readback import ImapReadback
+from monitor.probes.readback_imap import ImapReadback
 from monitor.result import ProbeContext
 from tests import mailbox
 from tests.conftest import Lab

@@ -15,7 +15,7 @@ from monitor.errors import smtp_reply_reason
 from monitor.metrics import Metrics
 from monitor.probes import probes_for
 from monitor.probes.imap import parse_quota
-from monitor.probes.roundtrip import over_quota
+from monitor.probes.undelivered import over_quota
 from monitor.result import Result
 from monitor.runner import Runner
 from monitor.verdict import classify_result, decide

@@ -11,7 +11,9 @@ from aioimaplib.aioimaplib import Response
 
 from monitor.config import DEFAULT_JUNK_FOLDERS, Auth, CheckSettings, RoundTripSettings, Secret, Target
 from monitor.probe_message import new_probe, parse_header, verify
-from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, ImapReadback, Pop3Readback, is_stale
+from monitor.probes.readback import OTHER_VANTAGE_GRACE_MS, is_stale
+from monitor.probes.readback_imap import ImapReadback
+from monitor.probes.readback_pop3 import Pop3Readback
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext
 from monitor.runner import Runner

@@ -23,7 +23,8 @@ from monitor.config import (
 )
 from monitor.probe_message import ProbeHeader, build_message, new_probe, parse_header, verify
 from monitor.probes import PROBES, for_kind
-from monitor.probes.readback import ImapReadback, Pop3Readback
+from monitor.probes.readback_imap import ImapReadback
+from monitor.probes.readback_pop3 import Pop3Readback
 from monitor.probes.roundtrip import RoundTrip
 from monitor.result import ProbeContext, Result
 from monitor.runner import Runner

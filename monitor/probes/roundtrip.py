@@ -25,18 +25,19 @@ from tenacity import (
 )
 
 from monitor.authres import read_headers
-from monitor.bounces import Bounce, parse_dsn
-from monitor.config import ImapSettings, RoundTripSettings, Secret, SmtpSettings, Target
+from monitor.config import RoundTripSettings, Secret, SmtpSettings, Target
 from monitor.errors import ProbeError, classify
 from monitor.probe_message import ProbeHeader, build_message, new_probe
-from monitor.probes.pop3 import login_delay_advice
-from monitor.probes.readback import Found, ImapReadback, Pop3Readback, Readback, SweepReport
+from monitor.probes.readback import Found, Readback, SweepReport
+from monitor.probes.readback_imap import ImapReadback
+from monitor.probes.readback_pop3 import Pop3Readback
 from monitor.probes.smtp import quit_session, record_reply, smtp_session
+from monitor.probes.undelivered import bounced, never_looked, refused_for_quota
 from monitor.queue_id import parse_queue_id
 from monitor.result import ProbeContext
-from monitor.steps import AT_STAGE, TOKEN, Kind, Reason, Stage, When, declare, run
+from monitor.steps import AT_STAGE, TOKEN, Kind, Stage, When, declare, run
 
-__all__ = ["RoundTrip", "over_quota"]
+__all__ = ["RoundTrip"]
 
 # The steps of the `roundtrip` check in order (monitor/steps.py): the read-back session first (timed as one step),
 # the submission's steps, the wait, the cleanup. The submission's TLS follows the target's `smtp` settings, not this
@@ -74,18 +75,6 @@ _RESERVE_MAX = 5.0
 _RESERVE_SHARE = 0.2
 # Reasons worth another try when opening the read-back session; never used for the submission.
 _TRANSIENT = frozenset({"reset", "refused", "unreachable"})
-
-
-def over_quota(quota: dict[str, tuple[int, int]], size: int) -> tuple[str, tuple[int, int]] | None:
-    """The resource that leaves no room for one more message of `size` bytes, or None.
-
-    MESSAGE counts messages; STORAGE counts KiB (RFC 9208), so the probe's own size is added to it."""
-    for name, (usage, limit) in sorted(quota.items()):
-        if name == "MESSAGE" and usage + 1 > limit:
-            return name, (usage, limit)
-        if name == "STORAGE" and usage + (size + 1023) // 1024 > limit:
-            return name, (usage, limit)
-    return None
 
 
 def _transient(exc: BaseException) -> bool:
@@ -142,13 +131,13 @@ class RoundTrip:
             ctx.step("delivery")
             found = await self._wait(reader, header, give_up)
             if found is None:
-                self._never_looked(reader, check)
+                never_looked(reader, check)
                 folder = await self._readback(reader.find_in_junk(header.probe_id))
                 if folder is not None:
                     raise ProbeError("delivery", "junk", f"the probe message landed in {folder!r}")
                 if submitter is not target:
-                    await self._bounced(ctx, submitter, header)
-                await self._refused_for_quota(ctx, reader, size, accepted_at)
+                    await bounced(ctx, submitter, header, self.key.reveal().encode())
+                await refused_for_quota(ctx, reader, size, accepted_at)
                 raise ProbeError("delivery", "not_delivered",
                                  f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not visible "
                                  f"over {check.via} after {time.perf_counter() - accepted_at:.1f}s")
@@ -169,17 +158,6 @@ class RoundTrip:
         finally:
             reader.close()
             ctx.transcript.extend("   " + line for line in reader_ctx.transcript[-20:])
-
-    @staticmethod
-    def _never_looked(reader: Readback, check: RoundTripSettings) -> None:
-        """A POP3 read-back whose server's LOGIN-DELAY allowed no look before the deadline did not see the message
-        missing: it could not look. Say that, and what would work, rather than `not_delivered`."""
-        if isinstance(reader, Pop3Readback) and reader.login_delay and reader.looks == 0:
-            delay = reader.login_delay
-            raise ProbeError("fetch", "login_delay", (
-                f"the POP3 server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY {delay:.0f}), "
-                f"and none was allowed between the submission and this round trip's deadline "
-                f"(timeout {check.timeout:.0f}s, interval {check.interval:.0f}s). {login_delay_advice(delay)}"))
 
     async def _open(self, reader: Readback) -> None:
         """Log in for the read-back, retrying only connection-level hiccups (never the submission)."""
@@ -251,60 +229,6 @@ class RoundTrip:
         said = " ".join(f"{method}={value}" for method, value in sorted(results.items())) or "none"
         ctx.note(f"Authentication-Results: {said}; {hops} Received hops, delays "
                  + ", ".join(f"{d:.0f}s" for d in delays))
-
-    async def _bounced(self, ctx: ProbeContext, submitter: Target, header: ProbeHeader) -> None:
-        """A probe that never arrived may have bounced to its sender: the submitting target's mailbox (over its imap
-        block) holds the DSN, which says why (`5.2.2`: the recipient's mailbox is full). The DSN is deleted."""
-        imap = submitter.first(ImapSettings)
-        if imap is None:
-            return
-        key = self.key.reveal().encode()
-        sender_ctx = ProbeContext()
-        mailbox = ImapReadback(sender_ctx, submitter, imap, key)
-        bounce: Bounce | None = None
-        try:
-            await mailbox.open()
-            # TEXT, not BODY: the probe's header is in the DSN's returned message/rfc822 part, which Dovecot's BODY
-            # search leaves out.
-            for uid in await mailbox._search("TEXT", f'"{header.probe_id}"'):
-                response = await mailbox.session.watch(mailbox._protocol.fetch(str(uid), "(BODY.PEEK[])", by_uid=True))
-                raw = next((bytes(line) for line in response.lines if isinstance(line, bytearray)), b"")
-                found = parse_dsn(raw, key)
-                if found is not None and found.probe.probe_id == header.probe_id:
-                    bounce = found
-                    await mailbox.delete(Found(str(uid), found.probe, time.perf_counter(), mailbox.folder))
-                    break
-        except Exception as exc:  # the sender's mailbox is a clue, never a failure of its own
-            log.debug("looking for a bounce in %s: %s", submitter.name, exc)
-        finally:
-            mailbox.close()
-        if bounce is None:
-            return
-        reason: Reason = "mailbox_full" if bounce.status[2:].startswith("2.2") else "not_delivered"
-        raise ProbeError("delivery", reason, f"accepted by the server (queue id {ctx.queue_id or 'unknown'}), then "
-                                             f"bounced to the sender ({submitter.name}): Status {bounce.status}, "
-                                             f"{bounce.diagnostic or 'no diagnostic'}")
-
-    async def _refused_for_quota(self, ctx: ProbeContext, reader: Readback, size: int, accepted_at: float) -> None:
-        """Raise `delivery/mailbox_full` when the read-back mailbox has no room for the probe.
-
-        A server that checks quota only at delivery (Postfix without a quota policy in front of Dovecot's LMTP)
-        accepts the message with `250` and bounces it afterwards; the bounce goes to the sender, which for a round
-        trip is usually this same full mailbox, so no DSN can come back. The mailbox's own quota then says why."""
-        try:
-            quota = await reader.quota()
-        except Exception as exc:  # no quota to tell: the round trip stays not_delivered
-            log.debug("quota after a missing probe: %s", exc)
-            return
-        full = over_quota(quota, size)
-        if full is None:
-            return
-        ctx.quota = quota
-        name, (usage, limit) = full
-        raise ProbeError("delivery", "mailbox_full",
-                         f"accepted by the server (queue id {ctx.queue_id or 'unknown'}) but not delivered: the "
-                         f"mailbox is at its quota ({name} {usage} of {limit}), so the server refused the probe at "
-                         f"delivery (after {time.perf_counter() - accepted_at:.1f}s)")
 
     async def _wait(self, reader: Readback, header: ProbeHeader, give_up: float) -> Found | None:
         """Poll fast right after acceptance, then wait for pushes, until found or `give_up`."""
