@@ -1,9 +1,10 @@
 """The parts of aioimaplib's private state mailmon relies on, pinned down so an upgrade that changes them fails here,
 loudly, rather than as hung or unbounded IMAP probes in production.
 
-monitor/probes/imap.py reads `incomplete_line` (to bound a response line that never ends), cancels `tasks` (the
-library's background work) on close, and overrides `_continuation` / `_handle_line`; monitor/probes/readback_imap.py
-reads IDLE pushes from `idle_queue`. pyproject.toml pins the minor series these tests passed on.
+monitor/probes/imap_protocol.py reads `incomplete_line` (to bound a response line that never ends), cancels `tasks`
+(the library's background work) on close, and overrides `_continuation` / `_handle_line`;
+monitor/probes/readback_imap.py reads IDLE pushes from `idle_queue`. pyproject.toml pins the minor series these tests
+passed on.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """The `imap` check: connect, greeting, STARTTLS or implicit TLS, LOGIN, SELECT, LOGOUT.
 
-Built on aioimaplib's protocol class, driven over a socket we connected ourselves (see `monitor.net`):
-aioimaplib's own client hides a refused connection until its timeout and has no STARTTLS, so we do
-both here. aioimaplib reports a failed command as a `NO`/`BAD` result, not an exception: every result is
-checked. A connection the server drops is noticed at once rather than at the deadline.
+Built on aioimaplib's protocol class (made fit for hostile servers in `imap_protocol.py`), driven over a socket we
+connected ourselves (see `monitor.net`): aioimaplib's own client hides a refused connection until its timeout and
+has no STARTTLS, so we do both here. aioimaplib reports a failed command as a `NO`/`BAD` result, not an exception:
+every result is checked. A connection the server drops is noticed at once rather than at the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from aioimaplib import aioimaplib
@@ -19,6 +19,7 @@ from monitor.config import ImapSettings, RoundTripSettings, Target
 from monitor.errors import ProbeError
 from monitor.families import address_family
 from monitor.net import open_socket
+from monitor.probes.imap_protocol import ImapProtocol
 from monitor.probes.signin import policy_refusal, sign_in
 from monitor.result import ProbeContext
 from monitor.signin import Credential
@@ -36,126 +37,6 @@ STEPS = declare(Kind("imap", side="receive", steps=run(
 T = TypeVar("T")
 # RFC 5530 response codes that make a NO temporary rather than a verdict on the credentials.
 _TEMPORARY = re.compile(rb"\[(UNAVAILABLE|SERVERBUG|INUSE|LIMIT)\]", re.IGNORECASE)
-# A hostile server must not make us buffer without bound: one response line (a literal does not count)
-# and everything received in answer to one command are capped. Real answers are far below both.
-_LINE_LIMIT = 256 * 1024
-_RESPONSE_LIMIT = 32 * 1024 * 1024
-# aioimaplib parses the lines of one `data_received` call recursively, one stack frame per line: a few
-# thousand short lines in one read (a big SELECT, a chatty server) would raise RecursionError. We feed it
-# at most this many lines per call.
-_LINES_PER_CALL = 200
-# How much of a server's BYE line is kept for `detail`.
-_BYE_KEPT = 300
-_EXISTS = re.compile(rb"\* \d+ EXISTS\s*$", re.IGNORECASE)
-
-
-def _pieces(data: bytes) -> Iterator[bytes]:
-    """`data` cut after every `_LINES_PER_CALL`-th CRLF (any cut is fine: TCP cuts anywhere too)."""
-    start = 0
-    while start < len(data):
-        end = start
-        for _ in range(_LINES_PER_CALL):
-            end = data.find(b"\r\n", end)
-            if end < 0:
-                yield data[start:]
-                return
-            end += 2
-        yield data[start:end]
-        start = end
-
-
-class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol, plus futures for the greeting and for the connection going away.
-
-    `lost` is done when the connection is unusable: the server closed it, or it broke the protocol in a
-    way the library cannot go on from (then `violation` says how, and we abort the connection).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop, None)
-        self.greeting: asyncio.Future[bytes] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.violation: str | None = None
-        # The last untagged BYE (RFC 3501 7.1.5), e.g. `* BYE [ALERT] shutting down`: the server's own words
-        # for why it closes, which must reach `detail` rather than be lost in the library.
-        self.bye: str | None = None
-        # Set by every untagged `* n EXISTS` (RFC 3501 7.3.1), whichever command it came with or none: the mailbox
-        # grew. Taken (and reset) by the read-back's poll, which then fetches what is new.
-        self.grew = False
-        self._received = 0
-        # During AUTHENTICATE: answers the server's `+` continuation lines (ours, not the library's: it would log
-        # the pending command, whose SASL-IR argument carries the token).
-        self.on_continuation: Callable[[bytes], None] | None = None
-
-    def _continuation(self, line: bytes) -> None:
-        if self.on_continuation is not None:
-            self.on_continuation(line)
-        else:
-            super()._continuation(line)
-
-    def _handle_line(self, line: bytes, current_cmd: aioimaplib.Command | None) -> aioimaplib.Command | None:
-        if line[:6].upper() == b"* BYE ":
-            self.bye = line[:_BYE_KEPT].decode(errors="replace")
-        elif _EXISTS.match(line):
-            self.grew = True
-        return super()._handle_line(line, current_cmd)
-
-    def closed_text(self) -> str:
-        """Why the connection went away, in the server's words where it gave any."""
-        return f"the server closed the connection: {self.bye}" if self.bye else "the server closed the connection"
-
-    async def welcome(self, command: bytes) -> None:
-        if self.greeting.done():
-            return  # more lines before the library left the CONNECTED state: the first one was the greeting
-        self.greeting.set_result(command)
-        # Only a positive greeting goes on to the library's handling (which asks for CAPABILITY);
-        # a BYE is ours to report, not an exception lost in a background task.
-        if command.startswith((b"* OK", b"* PREAUTH")):
-            try:
-                await super().welcome(command)
-            except Exception as exc:  # e.g. a CAPABILITY without IMAP4rev1: the library gives up here
-                self.violated(f"after the greeting: {type(exc).__name__}: {exc}")
-
-    def send(self, line: str, scrub: str | None = None) -> None:
-        self._received = 0
-        if self.transport is not None and self.transport.is_closing():
-            # The server closed the connection before this command: a reset on every event loop. (asyncio's
-            # transport drops the bytes and the loss shows later; uvloop's raises RuntimeError, which would
-            # read as a fault of mailmon itself.)
-            raise ConnectionResetError(self.closed_text())
-        super().send(line, scrub=scrub)
-
-    def data_received(self, d: bytes) -> None:
-        if self.violation is not None:
-            return
-        self._received += len(d)
-        if self._received > _RESPONSE_LIMIT:
-            self.violated(f"more than {_RESPONSE_LIMIT} bytes in answer to one command")
-            return
-        try:
-            for piece in _pieces(d):
-                super().data_received(piece)
-        except Exception as exc:  # the library's parser gave up (say, a tagged reply to no command of ours)
-            # Not the library's message: it quotes the pending command, and that can be LOGIN with the password.
-            self.violated(f"a response the IMAP client cannot follow ({type(exc).__name__})")
-            return
-        if len(self.incomplete_line) > _LINE_LIMIT:
-            self.violated(f"response line longer than {_LINE_LIMIT} bytes")
-
-    def violated(self, why: str) -> None:
-        """The server broke the protocol: remember how, and drop the connection."""
-        if self.violation is None:
-            self.violation = why
-        self.incomplete_line = b""
-        if not self.lost.done():
-            self.lost.set_result(None)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        super().connection_lost(exc)
 
 
 class ImapSession:
@@ -165,7 +46,7 @@ class ImapSession:
         self.ctx = ctx
         self.target = target
         self.check = check
-        self.protocol: _Protocol | None = None
+        self.protocol: ImapProtocol | None = None
 
     async def watch(self, awaitable: Awaitable[T]) -> T:
         """Await a library call, but fail as soon as the connection is gone: `reset` when the server closed
@@ -193,7 +74,7 @@ class ImapSession:
         ctx, target, check = self.ctx, self.target, self.check
         loop = asyncio.get_running_loop()
         sock = await open_socket(ctx, target.host, check.port, address_family(check.ip_family))
-        self.protocol = protocol = _Protocol(loop)
+        self.protocol = protocol = ImapProtocol(loop)
         tls_context = client_context(target.tls.ca_file)
         try:
             if check.tls_mode == "implicit":
@@ -263,10 +144,7 @@ class ImapSession:
         response = await self.watch(protocol.login(auth.username, auth.password.reveal()))
         self._heard(response)
         if response.result != "OK":
-            temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-            reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(_text(response)) else \
-                "auth_rejected"
-            raise ProbeError("auth", reason, f"LOGIN {response.result}: {_text(response)}")
+            raise ProbeError("auth", _refusal(response), f"LOGIN {response.result}: {_text(response)}")
 
     async def _authenticate(self) -> None:
         """AUTHENTICATE XOAUTH2 / OAUTHBEARER (SASL-IR when offered), renewing a rejected token once."""
@@ -316,11 +194,9 @@ class ImapSession:
         if response.result == "OK":
             protocol.state = aioimaplib.AUTH
             return None
-        text = _text(response)
-        temporary = any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes))
-        reason: Reason = "reply_4xx" if temporary else "auth_disabled" if policy_refusal(text) else "auth_rejected"
-        detail = f"AUTHENTICATE {name} {response.result}: {text}" + (f" ({challenges[-1]})" if challenges else "")
-        return ProbeError("auth", reason, detail)
+        detail = f"AUTHENTICATE {name} {response.result}: {_text(response)}" + (
+            f" ({challenges[-1]})" if challenges else "")
+        return ProbeError("auth", _refusal(response), detail)
 
     async def select(self, mailbox: str) -> None:
         protocol = self.protocol
@@ -356,13 +232,8 @@ class ImapSession:
 
     def close(self) -> None:
         """Drop the connection and any background work of the library; safe to call twice."""
-        protocol = self.protocol
-        if protocol is None:
-            return
-        for task in list(protocol.tasks):
-            task.cancel()
-        if protocol.transport is not None:
-            protocol.transport.abort()
+        if self.protocol is not None:
+            self.protocol.abort()
 
     def _heard(self, response: aioimaplib.Response) -> None:
         for line in response.lines[-3:]:
@@ -391,6 +262,13 @@ def parse_quota(lines: list[bytes | bytearray | str]) -> dict[str, tuple[int, in
                 if best is None or int(usage) / int(limit) > best[0] / best[1]:
                     found[resource] = (int(usage), int(limit))
     return found
+
+
+def _refusal(response: aioimaplib.Response) -> Reason:
+    """The reason for a refused LOGIN or AUTHENTICATE: temporary (RFC 5530 code), a policy, or the credentials."""
+    if any(_TEMPORARY.search(line) for line in response.lines if isinstance(line, bytes)):
+        return "reply_4xx"
+    return "auth_disabled" if policy_refusal(_text(response)) else "auth_rejected"
 
 
 def _text(response: aioimaplib.Response) -> str:

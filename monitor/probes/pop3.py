@@ -89,6 +89,26 @@ class LoginClock:
     def logged_in(self, key: tuple[str, int, str]) -> None:
         self.last[key] = time.monotonic()
 
+    def learn(self, key: tuple[str, int, str], capabilities: dict[str, str], ctx: ProbeContext, target: Target,
+              check: Pop3Settings | RoundTripSettings) -> None:
+        """Record the server's LOGIN-DELAY from its CAPA answer (`LOGIN-DELAY 900`, or `LOGIN-DELAY 900 USER` before
+        login: per user), and warn once per mailbox and check when the check would log in more often."""
+        value = capabilities.get("LOGIN-DELAY", "").split(" ", 1)[0]
+        delay = float(value) if value.isdigit() else 0.0
+        if delay != self.delay(key):
+            self.delays[key] = delay
+            if delay:
+                ctx.note(f"the server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY)")
+        too_often = check.interval < 2 * delay or (check.name == "roundtrip" and check.timeout < delay + 10)
+        if delay and too_often and (key, check.name) not in self.warned:
+            self.warned.add((key, check.name))
+            # Said once, at the first connection: each run's failure says it again in its detail.
+            log.warning("target %s: the POP3 server %s:%d allows one login per %.0fs to %s (CAPA LOGIN-DELAY %.0f); "
+                        "the %s check (interval %.0fs, timeout %.0fs) cannot log in that rarely. %s",
+                        target.name, target.host, check.port, delay, key[2], delay,
+                        check.name if check.via is None else f"{check.name} via {check.via}", check.interval,
+                        check.timeout, login_delay_advice(delay))
+
 
 LOGINS = LoginClock()
 
@@ -166,26 +186,7 @@ class Pop3Session:
             if name:
                 capabilities[name.upper()] = arguments.strip()
         self.capabilities = capabilities
-        self._learn_login_delay()
-
-    def _learn_login_delay(self) -> None:
-        """Record the server's LOGIN-DELAY (`LOGIN-DELAY 900`, or `LOGIN-DELAY 900 USER` before login: per user)."""
-        value = (self.capabilities or {}).get("LOGIN-DELAY", "").split(" ", 1)[0]
-        delay = float(value) if value.isdigit() else 0.0
-        if delay != LOGINS.delay(self.key):
-            LOGINS.delays[self.key] = delay
-            if delay:
-                self.ctx.note(f"the server allows one login per {delay:.0f}s to this mailbox (CAPA LOGIN-DELAY)")
-        check = self.check
-        too_often = check.interval < 2 * delay or (check.name == "roundtrip" and check.timeout < delay + 10)
-        if delay and too_often and (self.key, check.name) not in LOGINS.warned:
-            LOGINS.warned.add((self.key, check.name))
-            # Said once, at the first connection: each run's failure says it again in its detail.
-            log.warning("target %s: the POP3 server %s:%d allows one login per %.0fs to %s (CAPA LOGIN-DELAY %.0f); "
-                        "the %s check (interval %.0fs, timeout %.0fs) cannot log in that rarely. %s",
-                        self.target.name, self.target.host, check.port, delay, self.key[2], delay,
-                        check.name if check.via is None else f"{check.name} via {check.via}", check.interval,
-                        check.timeout, login_delay_advice(delay))
+        LOGINS.learn(self.key, capabilities, self.ctx, self.target, self.check)
 
     async def login(self) -> None:
         """Log in, first waiting for the server's LOGIN-DELAY to pass when that fits this check's deadline."""
