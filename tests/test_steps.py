@@ -99,6 +99,13 @@ def test_a_probe_times_only_steps_its_kind_declares(name: str) -> None:
     assert timed - {None} <= declared
 
 
+@pytest.mark.parametrize("name", ["imap_protocol", "readback", "readback_imap", "readback_pop3", "undelivered"])
+def test_a_probe_helper_module_times_no_step(name: str) -> None:
+    """The modules a probe's work is split into time no step: each kind's steps are timed in its own module, next to
+    its declaration, where the test above checks them."""
+    assert not [call.lineno for call in _calls(MONITOR / "probes" / f"{name}.py", "step")]
+
+
 # --- A new check kind, added through the declaration only ----------------------------------------------------
 
 @pytest.fixture
