@@ -147,8 +147,9 @@ async def one(target: Target, via: str, fast: bool, watch: MaildirWatch,
     submit = trip._submit
 
     async def timed_submit(*args):  # type: ignore[no-untyped-def]
-        accepted.append(await submit(*args))
-        return accepted[-1]
+        sent = await submit(*args)  # (accepted at, message size)
+        accepted.append(sent[0])
+        return sent
 
     trip._submit = timed_submit  # type: ignore[method-assign]
     saved = roundtrip_module._FAST_WINDOW
