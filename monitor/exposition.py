@@ -167,6 +167,10 @@ class Exposition:
     def render(self) -> bytes:
         return b"".join(self.parts())
 
+    def versions(self) -> tuple[int, ...]:
+        """Every family's version: equal tuples mean the same text (a key for a rendered body)."""
+        return tuple(family.version for family in self.families)
+
     def parts(self) -> list[bytes]:
         """The pieces `render()` joins. Taking them is cheap (a list of references, ~1 ms per 100k chunks), so the
         event loop takes them and a worker thread joins and compresses: bytes are immutable and a chunk is only

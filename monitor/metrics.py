@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,6 +33,9 @@ __all__ = ["ROUNDTRIP_BUCKETS", "TOKEN_OUTCOMES", "Metrics", "expected_phases", 
 # The `_created` twin of every counter and histogram doubles the samples a scrape renders (measured: half the
 # render time at 5,000 targets, bench/metrics_render.py) and Prometheus does not use it from the text format.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# The largest scrape body kept for the next scrape (Metrics.last_body): 100 targets render ~0.5 MB of plain text.
+_KEEP_MAX = 8 * 1024 * 1024
 
 
 def expected_phases(check: CheckSettings) -> tuple[str, ...]:
@@ -67,6 +70,10 @@ class Metrics:
         self._roundtrips: dict[tuple[str, str], RoundtripState] = {}
         self._swept: dict[str, float] = {}
         self._verdicts: dict[str, str] = {}
+        # The last body `scrape` built for each encoding, with what it was built from: a burst of scrapes while no
+        # series changed (200 clients connecting at once, issue 18) is answered from it, without a join or a
+        # worker thread each.
+        self._bodies: dict[bool, tuple[tuple[object, ...], bytes]] = {}
         registry.register(_Collector(self))
 
     def exposition(self) -> bytes:
@@ -77,21 +84,45 @@ class Metrics:
         """The body of a scrape in pieces, taken in a few milliseconds (references to the pre-rendered chunks,
         which are replaced, never changed): join them off the event loop (`b"".join`), as `/metrics` does."""
         parts = self.series.text.parts()
-        parts.append(generate_latest(self.process.registry))
+        parts.append(self.process.text())
         return parts
 
     def scrape(self, compress: bool, tail: bytes = b"") -> Callable[[], bytes]:
         """What `/metrics` serves, in two halves: this call (on the event loop, a few ms) takes references to the
         series; the function it returns builds the body (join, and gzip at level 1 if `compress`) and is meant for
         a worker thread. gzip recompresses only the families that changed since the last compressed scrape.
-        `tail`: more exposition text to serve after this monitor's (other families, rendered by the caller)."""
+        `tail`: more exposition text to serve after this monitor's (other families, rendered by the caller).
+        See `last_body` for a scrape that needs neither half."""
+        key = self._body_key(tail)
+        rest = self.process.text() + tail
         if not compress:
-            parts = self.exposition_parts()
-            parts.append(tail)
-            return lambda: b"".join(parts)
+            parts = self.series.text.parts()
+            parts.append(rest)
+
+            def join() -> bytes:
+                return self._keep(False, key, b"".join(parts))
+            return join
         text = self.series.text
-        snapshot, rest = text.gzip_snapshot(), generate_latest(self.process.registry) + tail
-        return lambda: text.gzip_body(snapshot, rest)
+        snapshot = text.gzip_snapshot()
+        return lambda: self._keep(True, key, text.gzip_body(snapshot, rest))
+
+    def last_body(self, compress: bool, tail: bytes = b"") -> bytes | None:
+        """The body the last `scrape` built for this encoding if no series changed since (then it is exactly what
+        a new scrape would build), else None. A few microseconds on the loop: family versions, not text."""
+        kept = self._bodies.get(compress)
+        return kept[1] if kept is not None and kept[0] == self._body_key(tail) else None
+
+    def _body_key(self, tail: bytes) -> tuple[object, ...]:
+        return (self.series.text.versions(), self.process.version, tail)
+
+    def _keep(self, compress: bool, key: tuple[object, ...], body: bytes) -> bytes:
+        # Only bodies of modest size: at thousands of targets the series change between any two scrapes, and
+        # keeping a stale body of tens of MB would only cost memory. (A worker thread assigns; the loop reads.)
+        if len(body) <= _KEEP_MAX:
+            self._bodies[compress] = (key, body)
+        else:
+            self._bodies.pop(compress, None)
+        return body
 
     def add_target(self, target: Target) -> None:
         """Create every series of the target's checks, so they exist before the first run (again: no change)."""

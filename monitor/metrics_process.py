@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from monitor import __version__, steps
 from monitor.result import Result
@@ -24,6 +24,11 @@ class ProcessMetrics:
     def __init__(self, vantage: str) -> None:
         self.vantage = vantage
         rest = self.registry = CollectorRegistry()
+        # Goes up with every change made through the methods below (the only writers of these series): `text()`
+        # renders again only then. prometheus_client takes ~0.4 ms to render these few series, most of what a
+        # scrape cost the event loop before (issue 18: a burst of 200 scrapes).
+        self.version = 0
+        self._text: tuple[int, bytes] | None = None
         self.selfcheck = Gauge("mailmon_selfcheck_success",
                                "1 if this vantage's own resolver, routes and reference endpoint work, else 0.",
                                ("vantage",), registry=rest)
@@ -72,6 +77,7 @@ class ProcessMetrics:
         build.labels(__version__, platform.python_version()).set(1)
 
     def record_selfcheck(self, result: Result) -> None:
+        self.version += 1
         self.selfcheck.labels(self.vantage).set(1 if result.ok else 0)
         self.selfcheck_last.labels(self.vantage).set(result.started_at)
         if not result.ok:
@@ -80,26 +86,32 @@ class ProcessMetrics:
 
     def add_identity(self, identity: str, grant: str) -> None:
         """Create an identity's token series at 0, so a source that never got a token still shows up."""
+        self.version += 1
         self.token_expiry.labels(self.vantage, identity, grant)
         for outcome in TOKEN_OUTCOMES:
             self.token_requests.labels(self.vantage, identity, grant, outcome)
 
     def record_token(self, event: TokenEvent) -> None:
         """One token request's outcome (the identity registry calls this)."""
+        self.version += 1
         self.token_requests.labels(self.vantage, event.identity, event.grant, event.outcome).inc()
         if event.outcome == "success":
             self.token_expiry.labels(self.vantage, event.identity, event.grant).set(event.expires_at or 0)
 
     def record_lag(self, seconds: float) -> None:
+        self.version += 1
         self._lag.observe(seconds)
 
     def record_http_rejected(self) -> None:
+        self.version += 1
         self.http_rejected.inc()
 
     def record_http_cap(self, cap: int) -> None:
+        self.version += 1
         self.http_cap.set(cap)
 
     def record_reload(self, ok: bool, when: float) -> None:
+        self.version += 1
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_time.set(when)
@@ -107,6 +119,7 @@ class ProcessMetrics:
     def record_changes(self, changes: dict[str, list[str]], active: set[tuple[str, str]],
                        next_starts: dict[tuple[str, str], float]) -> None:
         """Every configured change's window state; changes no longer in any calendar lose their series."""
+        self.version += 1
         self.change_active.clear()
         self.change_next.clear()
         for calendar, names in changes.items():
@@ -114,3 +127,10 @@ class ProcessMetrics:
                 self.change_active.labels(self.vantage, calendar, name).set(1 if (calendar, name) in active else 0)
                 if (calendar, name) in next_starts:
                     self.change_next.labels(self.vantage, calendar, name).set(next_starts[(calendar, name)])
+
+    def text(self) -> bytes:
+        """These series in the text format, rendered again only when one changed since the last call."""
+        cached = self._text
+        if cached is None or cached[0] != self.version:
+            cached = self._text = (self.version, generate_latest(self.registry))
+        return cached[1]

@@ -198,13 +198,17 @@ class OnDemand:
                                  ("vantage", "outcome"), registry=self._registry)
         for outcome in OUTCOMES:
             self._requests.labels(vantage, outcome)
+        self._text: bytes | None = None  # the rendered counter until it changes (every scrape asks for it)
 
     def count(self, outcome: str) -> None:
         self._requests.labels(self.vantage, outcome).inc()
+        self._text = None
 
     def exposition(self) -> bytes:
-        """The process-wide /probe series (for /metrics)."""
-        return generate_latest(self._registry)
+        """The process-wide /probe series (for /metrics), rendered again only after a count."""
+        if self._text is None:
+            self._text = generate_latest(self._registry)
+        return self._text
 
     def series(self, request: ProbeRequest) -> Metrics:
         """The request's own series (created at their initial values on its first probe)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -200,6 +201,27 @@ async def test_connections_over_the_cap_are_closed_at_once_and_counted() -> None
     finally:
         for _, writer in idle:
             writer.close()
+        await http.stop()
+
+
+async def test_connections_arriving_together_are_held_to_the_cap() -> None:
+    """Connections the loop accepts in one batch count each other: the cap holds before any of them is served."""
+    rejected: list[int] = []
+    http = HttpServer({("GET", "/hello"): hello}, max_connections=3, on_rejected=lambda: rejected.append(1))
+    await http.start("127.0.0.1", 0)
+    # Connected by the kernel (blocking, the loop not running meanwhile): all ten wait in the backlog together.
+    burst = [socket.create_connection(("127.0.0.1", http.port)) for _ in range(10)]
+    try:
+        for sock in burst:
+            sock.sendall(b"GET /hello HTTP/1.1\r\n")
+        for _ in range(50):
+            if len(rejected) == 7:
+                break
+            await asyncio.sleep(0.02)
+        assert (http.active, len(rejected)) == (3, 7)
+    finally:
+        for sock in burst:
+            sock.close()
         await http.stop()
 
 

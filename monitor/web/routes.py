@@ -88,7 +88,11 @@ class Routes:
         if compress:
             # Prometheus asks for gzip: ~10-25x fewer bytes on the wire.
             headers["Content-Encoding"] = "gzip"
-        body = await self._off_loop(self.app.metrics.scrape(compress, tail=self.app.on_demand.exposition()))
+        tail = self.app.on_demand.exposition()
+        # Nothing changed since the last scrape (a burst of scrapers): its body, without a worker thread's round trip.
+        body = self.app.metrics.last_body(compress, tail)
+        if body is None:
+            body = await self._off_loop(self.app.metrics.scrape(compress, tail=tail))
         return Response(body=body, content_type=CONTENT_TYPE_LATEST, headers=headers)
 
     async def probe(self, request: Request) -> Response:

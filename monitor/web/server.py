@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["Handler", "HttpServer", "Request", "Response"]
@@ -80,7 +81,8 @@ class HttpServer:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls, limit=_MAX_HEAD)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Gate(self), host, port, ssl=tls)
 
     @property
     def port(self) -> int:
@@ -92,14 +94,19 @@ class HttpServer:
             self._server.close()
             await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit(self, transport: asyncio.Transport) -> bool:
+        """Count a new connection in, or close it at once if the cap is reached (without reading or answering: an
+        answer could block on a slow peer)."""
         if self.active >= self.max_connections:
-            # Over the cap: close at once, without reading or answering (an answer could block on a slow peer).
-            writer.transport.abort()
+            transport.abort()
             if self.on_rejected is not None:
                 self.on_rejected()
-            return
-        self.active += 1
+            return False
+        self.active += 1  # here, not in _serve: the next connection of the same accept batch must see it
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One admitted connection (counted in `active` by `_admit`; counted out here)."""
         try:
             try:
                 request = await asyncio.wait_for(_read_request(reader), self.head_timeout)
@@ -136,6 +143,23 @@ class HttpServer:
         except Exception:
             log.exception("handler for %s %s failed", request.method, request.path)
             return Response.text("internal error\n", 500)
+
+
+class _Gate(asyncio.Protocol):
+    """Every new connection's first protocol: over the cap it is closed before a stream reader, writer or task
+    exists for it (a flood's refused connections cost the loop little, issue 18); admitted, it hands the connection
+    to a stream protocol that runs `HttpServer._serve`."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        if not server._admit(cast(asyncio.Transport, transport)):  # a stream transport: create_server made it
+            return
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=_MAX_HEAD), server._serve)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:
