@@ -38,6 +38,14 @@ def _diagnose(config: Path, monitor_url: str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=60)
 
 
+def _diagnose_during(tmp: Path, lab: Lab, monitor: Monitor, fault: str, verdict: str,
+                     limit: float) -> subprocess.CompletedProcess[str]:
+    """Turn a lab fault on, wait until the monitor's verdict shows it, then diagnose from "laptop"."""
+    lab.control("fault", fault, "on")
+    wait_for(lambda: monitor.verdict("lab") == verdict, f"the monitor's verdict {verdict}", limit=limit)
+    return _diagnose(_config(tmp, lab, "laptop"), monitor.url)
+
+
 @pytest.mark.lab
 def test_all_fine_exits_0(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """With everything working here, diagnose says so and exits 0."""
@@ -60,9 +68,7 @@ def test_local_fault_is_client_side(tmp_path: Path, lab: Lab, monitor: Monitor,
 @pytest.mark.lab
 def test_smtp_down_for_both_is_server_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """SMTP stopped on the server fails here and at the monitor: exit 2, server side."""
-    lab.control("fault", "smtp", "on")
-    wait_for(lambda: monitor.verdict("lab") == "smtp_down", "the monitor to see SMTP down", limit=15)
-    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    done = _diagnose_during(tmp_path, lab, monitor, "smtp", "smtp_down", limit=15)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the fault is on the server side" in done.stdout
 
@@ -87,9 +93,7 @@ def test_transcript_is_shown_without_the_password(tmp_path: Path, lab: Lab, moni
 @pytest.mark.lab
 def test_password_refused_for_both_is_not_server_side(tmp_path: Path, lab: Lab, monitor: Monitor) -> None:
     """The server refuses the probe account's password here and at the monitor: exit 4, never "server side"."""
-    lab.control("fault", "auth", "on")
-    wait_for(lambda: monitor.verdict("lab") == "auth_failed", "the monitor to see the login refused", limit=20)
-    done = _diagnose(_config(tmp_path, lab, "laptop"), monitor.url)
+    done = _diagnose_during(tmp_path, lab, monitor, "auth", "auth_failed", limit=20)
     assert done.returncode == 4, done.stdout + done.stderr
     assert "refuses the login" in done.stdout and "Not an outage" in done.stdout
     assert "server side" not in done.stdout
