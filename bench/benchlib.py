@@ -144,6 +144,21 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: the difference of two readings says what share of the
+    machine the hypervisor gave to other guests meanwhile (on a VM, the noise no run of ours can control)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user and nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen between two `cpu_times` readings (0..1)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def proc_threads(pid: int) -> int:
     return proc_status_kb(pid, "Threads")
 

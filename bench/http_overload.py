@@ -19,10 +19,11 @@ The goal: lag p99 under load within 2x idle.
 
 --before REF: each repeat first runs the monitor code of git REF (`git archive` into a temporary directory, driven by
 this same harness), then this checkout: before and after figures from one run. --repeat N: N such rounds, then the
-median and range of each phase's p99 per code version.
+median and range of each phase's p99 per code version. --pin: the monitor on one CPU, the load generator and the
+fake servers on the others (on a 2-core machine they otherwise take the monitor's loop thread's core half the time).
 
 Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200] [--before REF]
-                                     [--repeat 1] [--event-loop asyncio]
+                                     [--repeat 1] [--event-loop asyncio] [--pin]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import machine_line, median, observe_results, pct, proc_status_kb, stop  # noqa: E402
+from benchlib import cpu_times, machine_line, median, observe_results, pct, proc_status_kb, steal_share, stop  # noqa: E402
 
 PHASES = ("idle", "slow", "history")
 
@@ -205,7 +206,8 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--targets", str(args.targets), "--interval", str(args.interval),
          "--ports", ports, "--listen", f"127.0.0.1:{port}", "--out", str(out), "--history", str(history),
-         "--max-seconds", str(4 * args.phase + 200), "--code", code, "--event-loop", args.event_loop],
+         "--max-seconds", str(4 * args.phase + 200), "--code", code, "--event-loop", args.event_loop,
+         "--cpus", args.cpus],
         stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     json.loads(child.stdout.readline())
@@ -213,24 +215,26 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
     tallies: dict[str, Tally] = {}
     peaks: dict[str, tuple[int, int]] = {}
     loads: list[float] = []
+    steals: dict[str, float] = {}
     try:
         time.sleep(args.interval)  # warm-up: every check has run once
         for phase in PHASES:
             loads.append(os.getloadavg()[0])
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), cpu_times()
             if phase == "idle":
                 time.sleep(args.phase)
                 tallies[phase] = Tally()
             else:
                 tallies[phase] = asyncio.run(load(phase, port, args.phase, args.clients))
             windows[phase] = (t0, time.monotonic())
+            steals[phase] = steal_share(cpu0, cpu_times())
             peaks[phase] = (proc_status_kb(child.pid, "VmHWM"), descriptors(child.pid))
             time.sleep(2.0)  # let the connections close before the next phase
     finally:
         stop(child, 60)
         stop(fakes, 10, close_stdin=True)
     data: dict[str, Any] = json.loads(out.read_text())
-    return {"data": data, "windows": windows, "tallies": tallies, "peaks": peaks, "loads": loads}
+    return {"data": data, "windows": windows, "tallies": tallies, "peaks": peaks, "loads": loads, "steals": steals}
 
 
 def report(run: dict[str, Any], label: str) -> dict[str, float]:
@@ -257,7 +261,7 @@ def report(run: dict[str, Any], label: str) -> dict[str, float]:
               f"max {max(lags, default=0) * 1000:.1f} ms  ({len(lags)} runs, {failed} failed)  "
               f"probe duration median {median(durs) * 1000:.2f} ms p99 {pct(durs, 0.99) * 1000:.2f} ms")
         print(f"         HTTP: {http}; child peak RSS {peaks[phase][0] / 1024:.0f} MB, descriptors at the end "
-              f"{peaks[phase][1]}")
+              f"{peaks[phase][1]}; CPU stolen by the hypervisor {run['steals'][phase] * 100:.1f} %")
         collections = [(t, d, g) for t, d, g in data.get("collections", []) if lo <= t <= hi]
         by_gen = [sum(1 for _, _, g in collections if g == gen) for gen in range(3)]
         longest = max((d for _, d, _ in collections), default=0.0)
@@ -280,20 +284,33 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each: --before's code, then this one)")
     parser.add_argument("--event-loop", default="asyncio", choices=("auto", "asyncio", "uvloop"),
                         help="the child's loop (monitor/eventloop.py); `mailmon run` takes auto: uvloop if installed")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the monitor on CPU 0 and this load generator (and the fake servers) on the others, "
+                             "so the figures show the monitor's own work, not a core shared with its clients")
     parser.add_argument("--json", metavar="FILE", help="write every round's raw observations and windows here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--ports", "--listen", "--out", "--history"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--code", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.cpus:  # before any thread exists: the web pool and the history writer inherit it
+            os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
         if args.code:
             sys.path.insert(0, args.code)
         from monitor import eventloop
         eventloop.run(child_main(args), args.event_loop)
         return
     print(machine_line(), f"load={os.getloadavg()[0]:.2f}")
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        args.cpus = str(cpus[0])
+        os.sched_setaffinity(0, set(cpus[1:]))  # this process, its client tasks, and the fakes it starts
+        print(f"pinned: monitor on CPU {cpus[0]}, load generator and fake servers on CPU {cpus[1:]}")
     print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
           f"per phase, event loop {args.event_loop}")
     summary: dict[str, list[dict[str, float]]] = {}

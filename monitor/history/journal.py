@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from monitor.history.db import READ_BUSY_TIMEOUT_MS, sqlite_problem, transaction
-from monitor.history.reading import latest, query
+from monitor.history.reading import JsonRows, latest, query, query_json
 from monitor.history.retention import STEP_FRACTION, Retention, file_sizes
 from monitor.history.schema import MIN_MAX_BYTES
 from monitor.history.writing import Backlog, Batching, Writer, insert_rows
@@ -159,6 +159,12 @@ class History:
               before_id: int | None = None) -> list[dict[str, Any]]:
         """See the module-level `query`."""
         return query(self.path, since, until, target, check, failed_only, limit, offset, before_id)
+
+    def query_json(self, since: float | None = None, until: float | None = None, target: str | None = None,
+                   check: str | None = None, failed_only: bool = False, limit: int = 1000, offset: int = 0,
+                   before_id: int | None = None) -> JsonRows:
+        """See the module-level `query_json`."""
+        return query_json(self.path, since, until, target, check, failed_only, limit, offset, before_id)
 
     def latest(self) -> list[dict[str, Any]]:
         """See the module-level `latest`."""

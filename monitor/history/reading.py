@@ -1,4 +1,4 @@
-"""Reading the history: `query` and `latest`, each on a fresh read-only connection.
+"""Reading the history: `query`, `query_json` and `latest`, each on a fresh read-only connection.
 
 WAL mode lets a reader see the last commit without disturbing, or waiting for, the writer thread. These calls do
 file I/O: from asyncio code, run them with `asyncio.to_thread`.
@@ -7,6 +7,7 @@ file I/O: from asyncio code, run them with `asyncio.to_thread`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import urllib.parse
@@ -14,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from monitor.history.db import READ_BUSY_TIMEOUT_MS, sqlite_problem
-from monitor.history.schema import SELECT, SELECT_LATEST, HistoryError, check_version, from_db
+from monitor.history.schema import SELECT, SELECT_JSON, SELECT_LATEST, HistoryError, check_version, from_db
 
-__all__ = ["latest", "query"]
+__all__ = ["JsonRows", "latest", "query", "query_json"]
 
 
 @contextlib.contextmanager
@@ -51,16 +52,9 @@ def _rows(path: str, sql: str, args: list[Any] | tuple[()] = ()) -> list[dict[st
             raise sqlite_problem(path, exc) from exc
 
 
-def query(path: str, since: float | None = None, until: float | None = None, target: str | None = None,
-          check: str | None = None, failed_only: bool = False, limit: int = 1000, offset: int = 0,
-          before_id: int | None = None) -> list[dict[str, Any]]:
-    """Rows of the history file at `path`, newest first (by start time, then id), as dicts.
-
-    Filters: `since <= started_at < until`, `target`, `check`, `failed_only` (ok is false). Pages: pass the
-    `id` of the last row of a page as `before_id` to get the rows after it in this order (a keyset cursor:
-    stable while rows are added; empty once retention has deleted that row, as everything older is gone
-    too); or use `offset` (simple, but rows added meanwhile shift the pages).
-    """
+def _filtered(since: float | None, until: float | None, target: str | None, check: str | None,
+              failed_only: bool, limit: int, offset: int, before_id: int | None) -> tuple[str, list[Any]]:
+    """The WHERE ... ORDER BY ... LIMIT tail of a query, and its arguments."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     if offset < 0:
@@ -84,12 +78,55 @@ def query(path: str, since: float | None = None, until: float | None = None, tar
     if before_id is not None:
         where.append("(time, id) < (SELECT time, id FROM results WHERE id = ?)")
         args.append(int(before_id))
-    sql = SELECT
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY time DESC, id DESC LIMIT ? OFFSET ?"
-    args += [int(limit), int(offset)]
-    return _rows(path, sql, args)
+    tail = " WHERE " + " AND ".join(where) if where else ""
+    return tail + " ORDER BY time DESC, id DESC LIMIT ? OFFSET ?", [*args, int(limit), int(offset)]
+
+
+def query(path: str, since: float | None = None, until: float | None = None, target: str | None = None,
+          check: str | None = None, failed_only: bool = False, limit: int = 1000, offset: int = 0,
+          before_id: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the history file at `path`, newest first (by start time, then id), as dicts.
+
+    Filters: `since <= started_at < until`, `target`, `check`, `failed_only` (ok is false). Pages: pass the
+    `id` of the last row of a page as `before_id` to get the rows after it in this order (a keyset cursor:
+    stable while rows are added; empty once retention has deleted that row, as everything older is gone
+    too); or use `offset` (simple, but rows added meanwhile shift the pages).
+    """
+    tail, args = _filtered(since, until, target, check, failed_only, limit, offset, before_id)
+    return _rows(path, SELECT + tail, args)
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonRows:
+    """Rows as one JSON array (UTF-8), and what a page needs to know about them without decoding it."""
+
+    body: bytes
+    count: int
+    last_id: int | None  # the id of the last row (the next page's `before_id`)
+    earliest: float | None  # the smallest and largest start time among the rows
+    latest: float | None
+
+
+def query_json(path: str, since: float | None = None, until: float | None = None, target: str | None = None,
+               check: str | None = None, failed_only: bool = False, limit: int = 1000, offset: int = 0,
+               before_id: int | None = None) -> JsonRows:
+    """What `query` returns, as a JSON array of the same rows (parsed, equal to `query`'s dicts).
+
+    For the HTTP side: SQLite builds each row's JSON text while the GIL is free (monitor/history/schema.py
+    SELECT_JSON); only the start time, which must keep every digit of its float, is written by Python.
+    """
+    tail, args = _filtered(since, until, target, check, failed_only, limit, offset, before_id)
+    with _reader(path) as conn:
+        try:
+            rows = conn.execute(SELECT_JSON + tail, args).fetchall()
+        except sqlite3.Error as exc:
+            raise sqlite_problem(path, exc) from exc
+    # json_object's text starts with "{": the start time goes in front, as `json.dumps` writes a float.
+    body = b"[" + b",".join(b'{"started_at":' + repr(float(started)).encode() + b"," + obj[1:]
+                            for _, started, obj in rows) + b"]"
+    times = [float(started) for _, started, _ in rows]
+    return JsonRows(body=body, count=len(rows), last_id=int(rows[-1][0]) if rows else None,
+                    earliest=min(times, default=None), latest=max(times, default=None))
 
 
 def latest(path: str) -> list[dict[str, Any]]:

@@ -17,8 +17,9 @@ from monitor.errors import MailmonError
 from monitor.redaction import redact, redact_lines
 from monitor.result import Result
 
-__all__ = ["COLUMNS", "INSERT", "MIN_MAX_BYTES", "SCHEMA_VERSION", "SELECT", "SELECT_LATEST", "UPSERT_LATEST",
-           "HistoryError", "check_version", "from_db", "row_bytes", "row_from_result", "schema_statements"]
+__all__ = ["COLUMNS", "INSERT", "MIN_MAX_BYTES", "PUBLIC_FIELDS", "SCHEMA_VERSION", "SELECT", "SELECT_JSON",
+           "SELECT_LATEST", "UPSERT_LATEST", "HistoryError", "check_version", "from_db", "row_bytes",
+           "row_from_result", "schema_statements"]
 
 SCHEMA_VERSION = 1
 MIN_MAX_BYTES = 512 * 1024
@@ -147,27 +148,46 @@ def row_bytes(row: Mapping[str, Any]) -> int:
     return 120 + sum(len(v) for v in row.values() if isinstance(v, str))
 
 
+# The public row (`from_db`, `mailmon history --json`, /api/history) in field order: its name, the column it comes
+# from, and how the stored value becomes the public one ("bool": 0/1 as false/true; "json": a column holding JSON
+# text, decoded). The one place that says what a public row is: `from_db` and `SELECT_JSON` are both built from it.
+PUBLIC_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("id", "id", "plain"), ("target", "target", "plain"), ("check", "check", "plain"), ("via", "via", "plain"),
+    ("vantage", "vantage", "plain"), ("ok", "ok", "bool"), ("stage", "stage", "plain"),
+    ("reason", "reason", "plain"), ("phases", "phases", "json"), ("duration_seconds", "duration_seconds", "plain"),
+    ("smtp_code", "smtp_code", "plain"), ("smtp_reply", "smtp_reply", "plain"),
+    ("tls_version", "tls_version", "plain"), ("tls_cert_not_after", "tls_cert_not_after", "plain"),
+    ("detail", "detail", "plain"), ("started_at", "time", "plain"), ("queue_id", "queue_id", "plain"),
+    ("message_id", "message_id", "plain"), ("verdict", "verdict", "plain"), ("transcript", "transcript", "json"),
+)
+_JSON_FIELDS = tuple(name for name, _, kind in PUBLIC_FIELDS if kind == "json")
+_BOOL_FIELDS = tuple(name for name, _, kind in PUBLIC_FIELDS if kind == "bool")
+
+
 def from_db(row: sqlite3.Row) -> dict[str, Any]:
     """A stored row as the public dict: `mailmon check --json` names plus id, queue_id, message_id, verdict."""
-    return {
-        "id": row["id"],
-        "target": row["target"],
-        "check": row["check"],
-        "via": row["via"],
-        "vantage": row["vantage"],
-        "ok": bool(row["ok"]),
-        "stage": row["stage"],
-        "reason": row["reason"],
-        "phases": json.loads(row["phases"]),
-        "duration_seconds": row["duration_seconds"],
-        "smtp_code": row["smtp_code"],
-        "smtp_reply": row["smtp_reply"],
-        "tls_version": row["tls_version"],
-        "tls_cert_not_after": row["tls_cert_not_after"],
-        "detail": row["detail"],
-        "started_at": row["time"],
-        "queue_id": row["queue_id"],
-        "message_id": row["message_id"],
-        "verdict": row["verdict"],
-        "transcript": json.loads(row["transcript"]),
-    }
+    public = {name: row[column] for name, column, _ in PUBLIC_FIELDS}
+    for name in _BOOL_FIELDS:
+        public[name] = bool(public[name])
+    for name in _JSON_FIELDS:
+        public[name] = json.loads(public[name])
+    return public
+
+
+def _json_member(name: str, column: str, kind: str) -> str:
+    value = f'"{column}"'
+    if kind == "bool":
+        value = f"json(CASE {value} WHEN 0 THEN 'false' ELSE 'true' END)"
+    elif kind == "json":
+        value = f"json({value})"  # embedded as JSON, not as a string holding JSON
+    return f"'{name}', {value}"
+
+
+# Each row's public form as JSON text (UTF-8 bytes), built by SQLite: `id`, `time`, then the object without
+# `started_at`, which the reader puts in front. Why: SQLite's JSON writes a REAL with 15 significant digits, and a
+# start time needs 16-17 to read back as the same float (its other REALs, durations rounded to the microsecond and
+# certificate expiries in whole seconds, fit in 15). SQLite releases the GIL while it steps, so a page built this
+# way holds the GIL for a few milliseconds instead of the ~30 ms `from_db` plus `json.dumps` take for 1,000 rows.
+SELECT_JSON = ("SELECT id, time, CAST(json_object("
+               + ", ".join(_json_member(*field) for field in PUBLIC_FIELDS if field[0] != "started_at")
+               + ") AS BLOB) FROM results")
