@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import resource
 import socket
-from collections.abc import AsyncIterator
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from monitor.web.server import HttpServer, Request, Response
+from tests.tools import tool
 
 seen: list[Request] = []
 
@@ -277,4 +284,119 @@ async def test_a_handler_slower_than_its_deadline_gets_503() -> None:
         assert (status, headers.get("retry-after")) == (503, "5")
         assert http.active == 0
     finally:
+        await http.stop()
+
+
+# ------------------------------------------------------------------------------------ the cap and TLS handshakes
+
+@pytest.fixture(scope="module")
+def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for 127.0.0.1."""
+    tmp = tmp_path_factory.mktemp("tlscap")
+    subprocess.run([tool("openssl", package="the Debian package openssl"), "req", "-x509", "-newkey", "rsa:2048",
+                    "-nodes", "-days", "2", "-subj", "/CN=mailmon", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp / "k.pem"), "-out", str(tmp / "c.pem")], check=True, capture_output=True,
+                   timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
+    return context
+
+
+def _loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    import uvloop  # the `uvloop` extra, which `mailmon run` and the image use; installed for the tests
+    return [asyncio.new_event_loop, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("loop_factory", _loops(), ids=["asyncio", "uvloop"])
+def test_connections_in_their_tls_handshake_count_toward_the_cap(
+        tls_context: ssl.SSLContext, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """Clients that connect and never send a ClientHello hold the cap; the next connection is closed before any
+    handshake (no ServerHello, no certificate: a refusal costs no TLS work) and counted; the handshake deadline
+    frees the held slots."""
+
+    async def scenario() -> None:
+        rejected: list[int] = []
+        http = HttpServer({("GET", "/hello"): hello}, max_connections=2, head_timeout=0.5,
+                          on_rejected=lambda: rejected.append(1))
+        await http.start("127.0.0.1", 0, tls=tls_context)
+        silent = [socket.create_connection(("127.0.0.1", http.port)) for _ in range(2)]
+        try:
+            for _ in range(50):
+                if http.active == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert http.active == 2
+            # A real ClientHello from the third client: it gets no handshake, just the end of the connection.
+            with pytest.raises((ConnectionError, ssl.SSLError)):
+                await asyncio.wait_for(asyncio.open_connection("127.0.0.1", http.port, ssl=_client()), 5)
+            assert rejected == [1]
+            for _ in range(200):  # the handshake deadline (0.5 s) ends the silent ones
+                if http.active == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert http.active == 0
+            reader, writer = await asyncio.open_connection("127.0.0.1", http.port, ssl=_client())
+            writer.write(b"GET /hello HTTP/1.1\r\n\r\n")
+            status, _, body = parse(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+            assert (status, body) == (200, b"hello\n")
+        finally:
+            for sock in silent:
+                sock.close()
+            await http.stop()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(scenario())
+
+
+def _client() -> ssl.SSLContext:
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE  # the certificate is not what this test is about
+    return client
+
+
+async def test_out_of_descriptors_pauses_accepting_instead_of_spinning() -> None:
+    """With no descriptor left, `accept` fails with EMFILE and the waiting connection keeps the listening socket
+    readable: the server must pause accepting (not call accept again and again, a busy loop that would starve the
+    probes), and serve the connection once descriptors are free again."""
+    http = HttpServer({("GET", "/hello"): hello})
+    calls: list[float] = []
+    accept = http._accept
+
+    def counted(listener: socket.socket) -> None:
+        calls.append(time.monotonic())
+        accept(listener)
+
+    http._accept = counted  # type: ignore[method-assign]
+    await http.start("127.0.0.1", 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.socket()
+    client.setblocking(False)
+    hoard: list[int] = []
+    try:
+        client.connect_ex(("127.0.0.1", http.port))  # completes in the kernel's backlog, loop or not
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                hoard.append(os.dup(0))
+        client.sendall(b"GET /hello HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.5)
+        assert 1 <= len(calls) <= 2  # one failed accept, then a pause (a spinning loop makes thousands)
+        for descriptor in hoard:
+            os.close(descriptor)
+        hoard.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        loop = asyncio.get_running_loop()
+        answer = b""
+        deadline = time.monotonic() + 5
+        while not answer.endswith(b"hello\n") and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(loop.sock_recv(client, 4096), 0.2)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello\n")
+    finally:
+        for descriptor in hoard:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.close()
         await http.stop()

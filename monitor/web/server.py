@@ -10,12 +10,13 @@ is cut off, its buffered body freed). The cap is what keeps the probes' descript
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["Handler", "HttpServer", "Request", "Response"]
@@ -35,6 +36,13 @@ _WRITE_SLICE = 256 * 1024
 # A handler's answer within this, else 503: requests queued behind a busy history or thread pool give up
 # instead of piling up (the connection cap bounds how many wait).
 HANDLER_TIMEOUT = 20.0
+# The kernel's queue of connections not yet accepted (asyncio's default too).
+_BACKLOG = 100
+# Connections accepted per wake-up of a listening socket: between batches, due probe timers run.
+_ACCEPT_BATCH = 32
+# After `accept` failed for want of descriptors or memory, accepting resumes this much later.
+_ACCEPT_PAUSE = 1.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass
@@ -77,46 +85,103 @@ class HttpServer:
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
         self.handler_timeout = handler_timeout
-        self.active = 0  # connections being served now
-        self._server: asyncio.Server | None = None
+        self.active = 0  # connections being served now (from accept on)
+        self._listeners: list[socket.socket] = []
+        self._tls: ssl.SSLContext | None = None
+        self._connecting: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on every address `host` resolves to (as asyncio's create_server would) and accept there.
+
+        Accepting is ours, not asyncio's server: a connection over the cap is closed right after `accept`, before
+        any transport, protocol, task or TLS handshake exists for it (a flood's refusals cost the loop a system
+        call or two each, issue 18); one under it is counted from that moment, so connections still in their TLS
+        handshake count toward the cap too.
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Gate(self), host, port, ssl=tls)
+        self._tls = tls
+        self._listeners = await _listen(loop, host, port)
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listeners, "not started"
+        return int(self._listeners[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        """Stop accepting and close the listening sockets (connections being served run to their end)."""
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.remove_reader(listener.fileno())
+            listener.close()
+        self._listeners = []
 
-    def _admit(self, transport: asyncio.Transport) -> bool:
-        """Count a new connection in, or close it at once if the cap is reached (without reading or answering: an
-        answer could block on a slow peer)."""
-        if self.active >= self.max_connections:
-            transport.abort()
-            if self.on_rejected is not None:
-                self.on_rejected()
-            return False
-        self.active += 1  # here, not in _serve: the next connection of the same accept batch must see it
-        return True
+    def _accept(self, listener: socket.socket) -> None:
+        """Accept up to a batch of waiting connections: close each at once over the cap, else start serving it."""
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                connection, _address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the peer gave up while waiting in the backlog
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    log.warning("accepting an HTTP connection failed: %s", exc)
+                    return
+                # Out of descriptors or kernel memory: the connection stays in the backlog, and the listening
+                # socket stays readable, so accepting again now would spin the loop. Pause, as asyncio's server
+                # does, and leave what is left to the probes meanwhile.
+                log.warning("cannot accept HTTP connections for %.0f s: %s", _ACCEPT_PAUSE, exc)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                loop.call_later(_ACCEPT_PAUSE, self._resume, listener)
+                return
+            if self.active >= self.max_connections:
+                connection.close()  # without reading or answering: an answer could block on a slow peer
+                if self.on_rejected is not None:
+                    self.on_rejected()
+                continue
+            self.active += 1  # here: the next connection of this batch must see it
+            task = asyncio.get_running_loop().create_task(self._connect(connection))
+            self._connecting.add(task)  # held: the loop keeps only weak references to tasks
+            task.add_done_callback(self._connecting.discard)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if listener in self._listeners:  # not stopped meanwhile
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+
+    async def _connect(self, connection: socket.socket) -> None:
+        """Wrap an admitted connection in streams (and TLS) and serve it; `active` is counted out by `_serve`, or
+        here when it never gets that far."""
+        loop = asyncio.get_running_loop()
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=_MAX_HEAD), self._serve)
+        try:
+            connection.setblocking(False)
+            await loop.connect_accepted_socket(lambda: protocol, connection, ssl=self._tls,
+                                               ssl_handshake_timeout=self.head_timeout if self._tls else None)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.active -= 1
+            connection.close()
+            log.debug("an HTTP connection ended before its request: %s", exc)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One admitted connection (counted in `active` by `_admit`; counted out here)."""
+        """One admitted connection (counted in `active` by `_accept`; counted out here)."""
+        # Deadlines by `asyncio.timeout`, not `wait_for`: on Python 3.11 each `wait_for` made a task of its own, three
+        # per request, work for the loop that a burst of scrapers multiplies (bench/http_overload.py, issue 18).
         try:
             try:
-                request = await asyncio.wait_for(_read_request(reader), self.head_timeout)
+                async with asyncio.timeout(self.head_timeout):
+                    request = await _read_request(reader)
             except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 if not isinstance(exc, asyncio.IncompleteReadError):
-                    await asyncio.wait_for(_write(writer, Response.text("bad request\n", 400), head_only=False),
-                                           self.write_timeout)
+                    async with asyncio.timeout(self.write_timeout):
+                        await _write(writer, Response.text("bad request\n", 400), head_only=False)
                 return
             response = await self._dispatch(request)
-            await asyncio.wait_for(_write(writer, response, head_only=request.method == "HEAD"), self.write_timeout)
+            async with asyncio.timeout(self.write_timeout):
+                await _write(writer, response, head_only=request.method == "HEAD")
         except TimeoutError:
             writer.transport.abort()  # a reader too slow for the deadline: drop its buffered body now
         except (ConnectionError, ssl.SSLError):
@@ -136,7 +201,8 @@ class HttpServer:
                 return Response(405, b"method not allowed\n", headers={"Allow": ", ".join(allowed)})
             return Response.text("not found\n", 404)
         try:
-            return await asyncio.wait_for(handler(request), self.handler_timeout)
+            async with asyncio.timeout(self.handler_timeout):
+                return await handler(request)
         except TimeoutError:
             log.warning("handler for %s %s timed out", request.method, request.path)
             return Response(503, b"busy, try again\n", headers={"Retry-After": "5"})
@@ -145,21 +211,31 @@ class HttpServer:
             return Response.text("internal error\n", 500)
 
 
-class _Gate(asyncio.Protocol):
-    """Every new connection's first protocol: over the cap it is closed before a stream reader, writer or task
-    exists for it (a flood's refused connections cost the loop little, issue 18); admitted, it hands the connection
-    to a stream protocol that runs `HttpServer._serve`."""
-
-    def __init__(self, server: HttpServer) -> None:
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        server = self._server
-        if not server._admit(cast(asyncio.Transport, transport)):  # a stream transport: create_server made it
-            return
-        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=_MAX_HEAD), server._serve)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of `host` (every local one for ""), as asyncio's create_server makes
+    them: SO_REUSEADDR, IPv6 sockets v6-only. OSError (with the address in its text) when one cannot be bound."""
+    infos = await loop.getaddrinfo(host or None, port, family=socket.AF_UNSPEC,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # one socket per distinct address
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                listener.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                         f"{(exc.strerror or str(exc)).lower()}") from None
+            listener.setblocking(False)
+            listener.listen(_BACKLOG)
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:
