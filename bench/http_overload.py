@@ -13,8 +13,11 @@ CLOCK_MONOTONIC, so each phase's p50/p99 are exact. Phases (each --phase seconds
   history    200 clients each ask `/api/history?limit=1000` again and again, as fast as answers come
 
 Printed per phase: lag p50/p99/max, probe duration median/p99, HTTP answers by status and connections the server
-closed at once (its cap), the child's peak RSS and descriptors, and the child's garbage collections (count per
-generation, longest pause, and how many of the phase's lag observations above 2x idle p99 overlapped a collection).
+closed at once (its cap), the child's peak RSS and descriptors, the share of the machine's CPU the hypervisor stole
+(on a VM, noise no run controls), the CPU time the child's event-loop thread and its other threads used per second
+(not counting time waiting for a core: a cost figure the noise leaves alone), and the child's garbage collections
+(count per generation, longest pause, and how many of the phase's lag observations above 2x idle p99 overlapped a
+collection).
 The goal: lag p99 under load within 2x idle.
 
 --before REF: each repeat first runs the monitor code of git REF (`git archive` into a temporary directory, driven by
@@ -47,7 +50,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import cpu_times, machine_line, median, observe_results, pct, proc_status_kb, steal_share, stop  # noqa: E402
+from benchlib import (  # noqa: E402
+    cpu_times,
+    machine_line,
+    median,
+    observe_results,
+    pct,
+    proc_status_kb,
+    steal_share,
+    stop,
+    thread_cpu,
+)
 
 PHASES = ("idle", "slow", "history")
 
@@ -216,11 +229,12 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
     peaks: dict[str, tuple[int, int]] = {}
     loads: list[float] = []
     steals: dict[str, float] = {}
+    cpu: dict[str, tuple[float, float]] = {}  # per phase: the loop thread's and the other threads' CPU seconds/s
     try:
         time.sleep(args.interval)  # warm-up: every check has run once
         for phase in PHASES:
             loads.append(os.getloadavg()[0])
-            t0, cpu0 = time.monotonic(), cpu_times()
+            t0, cpu0, threads0 = time.monotonic(), cpu_times(), thread_cpu(child.pid)
             if phase == "idle":
                 time.sleep(args.phase)
                 tallies[phase] = Tally()
@@ -228,13 +242,18 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
                 tallies[phase] = asyncio.run(load(phase, port, args.phase, args.clients))
             windows[phase] = (t0, time.monotonic())
             steals[phase] = steal_share(cpu0, cpu_times())
+            threads1, seconds = thread_cpu(child.pid), time.monotonic() - t0
+            spent = {tid: used - threads0.get(tid, 0.0) for tid, used in threads1.items()}
+            loop_thread = spent.pop(child.pid, 0.0)  # the event loop runs in the child's main thread
+            cpu[phase] = (loop_thread / seconds, sum(spent.values()) / seconds)
             peaks[phase] = (proc_status_kb(child.pid, "VmHWM"), descriptors(child.pid))
             time.sleep(2.0)  # let the connections close before the next phase
     finally:
         stop(child, 60)
         stop(fakes, 10, close_stdin=True)
     data: dict[str, Any] = json.loads(out.read_text())
-    return {"data": data, "windows": windows, "tallies": tallies, "peaks": peaks, "loads": loads, "steals": steals}
+    return {"data": data, "windows": windows, "tallies": tallies, "peaks": peaks, "loads": loads, "steals": steals,
+            "cpu": cpu}
 
 
 def report(run: dict[str, Any], label: str) -> dict[str, float]:
@@ -262,6 +281,9 @@ def report(run: dict[str, Any], label: str) -> dict[str, float]:
               f"probe duration median {median(durs) * 1000:.2f} ms p99 {pct(durs, 0.99) * 1000:.2f} ms")
         print(f"         HTTP: {http}; child peak RSS {peaks[phase][0] / 1024:.0f} MB, descriptors at the end "
               f"{peaks[phase][1]}; CPU stolen by the hypervisor {run['steals'][phase] * 100:.1f} %")
+        loop_cpu, other_cpu = run["cpu"][phase]
+        print(f"         CPU of the monitor: event-loop thread {loop_cpu * 1000:.0f} ms/s, other threads "
+              f"{other_cpu * 1000:.0f} ms/s")
         collections = [(t, d, g) for t, d, g in data.get("collections", []) if lo <= t <= hi]
         by_gen = [sum(1 for _, _, g in collections if g == gen) for gen in range(3)]
         longest = max((d for _, d, _ in collections), default=0.0)
@@ -314,6 +336,7 @@ def main() -> None:
     print(f"{args.targets} targets x 3 checks every {args.interval:g} s, {args.clients} clients, {args.phase:g} s "
           f"per phase, event loop {args.event_loop}")
     summary: dict[str, list[dict[str, float]]] = {}
+    costs: dict[str, list[dict[str, tuple[float, float]]]] = {}
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mailmon-overload-") as tmp:
         work = Path(tmp)
@@ -332,6 +355,7 @@ def main() -> None:
                 run = run_once(args, work, code)
                 p99s = report(run, f"round {round_}, {label}")
                 summary.setdefault(label, []).append(p99s)
+                costs.setdefault(label, []).append(run["cpu"])
                 raw.append({"label": label, "round": round_, "data": run["data"], "windows": run["windows"]})
                 sys.stdout.flush()
     if args.repeat > 1 or args.before:
@@ -345,6 +369,11 @@ def main() -> None:
                     ratios = [r[phase] / r["idle"] for r in rounds]
                     cell += f" ({median(ratios):.1f}x [{min(ratios):.1f}-{max(ratios):.1f}])"
                 cells.append(cell)
+            print(f"  {label}: " + "; ".join(cells))
+        print("CPU of the monitor per phase, median over the rounds (event-loop thread + other threads, ms/s):")
+        for label, rounds in costs.items():
+            cells = [f"{phase} {median([r[phase][0] * 1000 for r in rounds]):.0f} + "
+                     f"{median([r[phase][1] * 1000 for r in rounds]):.0f}" for phase in PHASES]
             print(f"  {label}: " + "; ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps(raw))
