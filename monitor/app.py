@@ -7,7 +7,6 @@ import gc
 import logging
 import sys
 import time
-from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +16,7 @@ from monitor.authres import LoopCollector
 from monitor.background import Selfcheck, follow_calendars
 from monitor.changes import ChangeCalendars
 from monitor.config import Config, ConfigError, Target
+from monitor.config.selfcheck import with_targets
 from monitor.discovery import Discovery
 from monitor.history import History
 from monitor.metrics import Metrics
@@ -178,7 +178,7 @@ class App:
         if problems:
             self._discovery_problems += len(problems)
             self.metrics.record_reload(False, time.time())
-        return replace(config, targets=config.targets + tuple(found))
+        return with_targets(config, found)
 
     async def _discovery_loop(self) -> None:
         """Re-read changed targets_from files and apply what they add, change or drop."""

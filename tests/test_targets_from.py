@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.app import App
 from monitor.config import load_text
 from monitor.discovery import Discovery
 from tests.processes import Monitor, wait_for
@@ -78,6 +79,23 @@ def test_a_bad_entry_is_reported_and_keeps_the_last_good_targets(tmp_path: Path,
 
 def test_config_needs_no_targets_with_targets_from(tmp_path: Path) -> None:
     assert _config(tmp_path).targets == ()
+
+
+@pytest.mark.parametrize(("selfcheck", "resolved"), [
+    ("", ("mx1.example.net", "mx2.example.net")),  # the default: every target's name, discovered ones too
+    ("selfcheck: {resolve: [dns.example.org]}\n", ("dns.example.org",)),  # listed names stay as listed
+])
+def test_the_selfcheck_resolves_the_discovered_names(tmp_path: Path, selfcheck: str,
+                                                     resolved: tuple[str, ...]) -> None:
+    """A monitor whose targets all come from files must still check its resolver: else a resolver outage here
+    reads as every target's DNS failing (a server-side story) instead of `vantage_fault`."""
+    config = _config(tmp_path, CONFIG + selfcheck)
+    assert config.selfcheck.resolve == (() if not selfcheck else resolved)
+    _write(tmp_path / "sd" / "a.json", [{"targets": ["mx1.example.net", "mx2.example.net", "127.0.0.7"],
+                                         "labels": {"module": "relay"}}])
+    running = App(config)._discovered(config, force=True)
+    assert [t.host for t in running.targets] == ["mx1.example.net", "mx2.example.net", "127.0.0.7"]
+    assert running.selfcheck.resolve == resolved
 
 
 def _smtp_series(monitor: Monitor) -> set[str]:

@@ -123,6 +123,8 @@ class SelfcheckSettings:
     timeout: float = 5.0
     resolve: tuple[str, ...] = ()
     reference: tuple[str, int] | None = None
+    # False when `resolve` is the default (every target host name): targets added later (`targets_from`) join it.
+    resolve_given: bool = False
 
 
 @dataclass(frozen=True)
