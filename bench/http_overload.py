@@ -26,7 +26,8 @@ median and range of each phase's p99 per code version. --pin: the monitor on one
 fake servers on the others (on a 2-core machine they otherwise take the monitor's loop thread's core half the time).
 
 Usage: python bench/http_overload.py [--targets 100] [--interval 10] [--phase 30] [--clients 200] [--before REF]
-                                     [--repeat 1] [--event-loop asyncio] [--pin]
+                                     [--repeat 1] [--event-loop asyncio] [--pin] [--phases idle,slow,history]
+                                     [--json FILE]
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
     cpu: dict[str, tuple[float, float]] = {}  # per phase: the loop thread's and the other threads' CPU seconds/s
     try:
         time.sleep(args.interval)  # warm-up: every check has run once
-        for phase in PHASES:
+        for phase in args.phases:
             loads.append(os.getloadavg()[0])
             t0, cpu0, threads0 = time.monotonic(), cpu_times(), thread_cpu(child.pid)
             if phase == "idle":
@@ -256,13 +257,13 @@ def run_once(args: argparse.Namespace, work: Path, code: str) -> dict[str, Any]:
             "cpu": cpu}
 
 
-def report(run: dict[str, Any], label: str) -> dict[str, float]:
+def report(run: dict[str, Any], label: str, phases: list[str]) -> dict[str, float]:
     """Print one run's phases; each phase's lag p99 (seconds)."""
     data, windows, tallies, peaks = run["data"], run["windows"], run["tallies"], run["peaks"]
     print(f"{label}: load average at each phase's start {' / '.join(f'{x:.2f}' for x in run['loads'])}")
     base = None
     p99s: dict[str, float] = {}
-    for phase in PHASES:
+    for phase in phases:
         lo, hi = windows[phase]
         observed = [(t, v) for t, v in data["lags"] if lo <= t <= hi]
         lags = [v for _, v in observed]
@@ -306,6 +307,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each: --before's code, then this one)")
     parser.add_argument("--event-loop", default="asyncio", choices=("auto", "asyncio", "uvloop"),
                         help="the child's loop (monitor/eventloop.py); `mailmon run` takes auto: uvloop if installed")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="the phases to run, in order, idle first (default: idle,slow,history)")
     parser.add_argument("--pin", action="store_true",
                         help="run the monitor on CPU 0 and this load generator (and the fake servers) on the others, "
                              "so the figures show the monitor's own work, not a core shared with its clients")
@@ -317,6 +320,9 @@ def main() -> None:
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.phases = args.phases.split(",")
+    if args.phases[0] != "idle" or not set(args.phases) <= set(PHASES):
+        parser.error(f"--phases: idle first, then any of {', '.join(PHASES[1:])}")
     if args.child:
         if args.cpus:  # before any thread exists: the web pool and the history writer inherit it
             os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
@@ -353,7 +359,7 @@ def main() -> None:
         for round_ in range(1, args.repeat + 1):
             for label, code in codes:
                 run = run_once(args, work, code)
-                p99s = report(run, f"round {round_}, {label}")
+                p99s = report(run, f"round {round_}, {label}", args.phases)
                 summary.setdefault(label, []).append(p99s)
                 costs.setdefault(label, []).append(run["cpu"])
                 raw.append({"label": label, "round": round_, "data": run["data"], "windows": run["windows"]})
@@ -362,7 +368,7 @@ def main() -> None:
         print("lag p99 per phase, median [min-max] over the rounds (ratio to the same round's idle p99):")
         for label, rounds in summary.items():
             cells = []
-            for phase in PHASES:
+            for phase in args.phases:
                 values = [r[phase] * 1000 for r in rounds]
                 cell = f"{phase} {median(values):.2f} [{min(values):.2f}-{max(values):.2f}] ms"
                 if phase != "idle":
@@ -373,7 +379,7 @@ def main() -> None:
         print("CPU of the monitor per phase, median over the rounds (event-loop thread + other threads, ms/s):")
         for label, rounds in costs.items():
             cells = [f"{phase} {median([r[phase][0] * 1000 for r in rounds]):.0f} + "
-                     f"{median([r[phase][1] * 1000 for r in rounds]):.0f}" for phase in PHASES]
+                     f"{median([r[phase][1] * 1000 for r in rounds]):.0f}" for phase in args.phases]
             print(f"  {label}: " + "; ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps(raw))
