@@ -157,14 +157,19 @@ class HttpServer:
         here when it never gets that far."""
         loop = asyncio.get_running_loop()
         protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=_MAX_HEAD), self._serve)
+        handed_on = False
         try:
             connection.setblocking(False)
             await loop.connect_accepted_socket(lambda: protocol, connection, ssl=self._tls,
                                                ssl_handshake_timeout=self.head_timeout if self._tls else None)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.active -= 1
-            connection.close()
+            handed_on = True
+        except OSError as exc:  # reset, TLS handshake failed or too slow (SSLError and TimeoutError are OSErrors)
             log.debug("an HTTP connection ended before its request: %s", exc)
+        finally:
+            if not handed_on:  # whatever ended it (an error, a cancellation at shutdown): count it out, free it
+                self.active -= 1
+                # A no-op when the transport owned the socket: asyncio closed it, uvloop detached it.
+                connection.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One admitted connection (counted in `active` by `_accept`; counted out here)."""
