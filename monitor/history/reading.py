@@ -44,12 +44,16 @@ def _reader(path: str) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _rows(path: str, sql: str, args: list[Any] | tuple[()] = ()) -> list[dict[str, Any]]:
+def _fetch(path: str, sql: str, args: list[Any] | tuple[()] = ()) -> list[sqlite3.Row]:
     with _reader(path) as conn:
         try:
-            return [from_db(row) for row in conn.execute(sql, args)]
+            return conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise sqlite_problem(path, exc) from exc
+
+
+def _rows(path: str, sql: str, args: list[Any] | tuple[()] = ()) -> list[dict[str, Any]]:
+    return [from_db(row) for row in _fetch(path, sql, args)]
 
 
 def _filtered(since: float | None, until: float | None, target: str | None, check: str | None,
@@ -116,15 +120,11 @@ def query_json(path: str, since: float | None = None, until: float | None = None
     SELECT_JSON); only the start time, which must keep every digit of its float, is written by Python.
     """
     tail, args = _filtered(since, until, target, check, failed_only, limit, offset, before_id)
-    with _reader(path) as conn:
-        try:
-            rows = conn.execute(SELECT_JSON + tail, args).fetchall()
-        except sqlite3.Error as exc:
-            raise sqlite_problem(path, exc) from exc
+    rows = _fetch(path, SELECT_JSON + tail, args)
+    times = [float(row[1]) for row in rows]
     # json_object's text starts with "{": the start time goes in front, as `json.dumps` writes a float.
-    body = b"[" + b",".join(b'{"started_at":' + repr(float(started)).encode() + b"," + obj[1:]
-                            for _, started, obj in rows) + b"]"
-    times = [float(started) for _, started, _ in rows]
+    body = b"[" + b",".join(b'{"started_at":' + repr(started).encode() + b"," + row[2][1:]
+                            for started, row in zip(times, rows, strict=True)) + b"]"
     return JsonRows(body=body, count=len(rows), last_id=int(rows[-1][0]) if rows else None,
                     earliest=min(times, default=None), latest=max(times, default=None))
 
