@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from monitor.changes import ChangeCalendars
 from monitor.history import History
 from monitor.ondemand import ProbeRefused, ProbeRequest, deadline, parse_request
-from monitor.web import jsonbody
 from monitor.web.budget import DutyCycle
 from monitor.web.page import render as render_page
 from monitor.web.server import Handler, Request, Response
@@ -262,5 +261,5 @@ def history_params(query: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def _json(document: Any, code: int = 200) -> Response:
-    # Piecewise: the loop gets the GIL back between a history page's rows (monitor/web/jsonbody.py).
-    return Response(status=code, body=jsonbody.encode(document), content_type="application/json")
+    # Small documents only (errors, explain's answer): history pages and the status document have their own paths.
+    return Response(status=code, body=json.dumps(document).encode(), content_type="application/json")
